@@ -1,0 +1,29 @@
+# Two entry points on a fresh machine (each creates or reuses .venv):
+#   make sample   run sample.py on the built-in default model
+#   make test     run the test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: sample test lint install
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# the CPU torch wheel first, so that nothing pulls a multi-GB CUDA build
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+sample: $(STAMP)
+	$(VENV)/bin/python sample.py
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
