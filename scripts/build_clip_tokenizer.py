@@ -14,7 +14,7 @@ import sys
 
 def bytes_to_unicode() -> dict[int, str]:
     """OpenAI's reversible byte -> printable unicode table."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = keep[:]
     extra = 0
     for b in range(256):
@@ -22,7 +22,7 @@ def bytes_to_unicode() -> dict[int, str]:
             keep.append(b)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(keep, (chr(c) for c in chars)))
+    return dict(zip(keep, (chr(c) for c in chars), strict=True))
 
 
 def main(bpe_path: str, out_dir: str) -> None:

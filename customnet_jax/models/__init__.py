@@ -1,0 +1,1 @@
+"""The CustomNet networks: pure Flax NNX, no I/O."""

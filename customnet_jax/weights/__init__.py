@@ -1,0 +1,1 @@
+"""PyTorch checkpoint layouts <-> our parameters: name rules per network, and applying them."""

@@ -1,0 +1,140 @@
+"""A rule maps one PyTorch tensor (or a row slice of it) to one of our parameters.
+
+Layouts:
+  copy    same array (norm scales, biases, embeddings, OpenAI CLIP's `proj` which is used as x @ proj)
+  linear  torch (out, in) -> ours (in, out)
+  conv    torch (O, I, kh, kw) -> ours (kh, kw, I, O)
+
+`rows` takes a slice of the torch tensor's first axis before the layout change: OpenAI CLIP keeps
+q, k, v stacked in one `in_proj_weight`; three rules with rows (0, C), (C, 2C), (2C, 3C) split it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+Path = tuple[str | int, ...]
+LAYOUTS = ("copy", "linear", "conv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    torch_key: str
+    path: Path
+    layout: str = "copy"
+    rows: tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model: missing or unexpected keys, or wrong shapes."""
+
+
+def prefixed(rules: Iterable[Rule], torch_prefix: str = "", path_prefix: Path = ()) -> list[Rule]:
+    """Put rules written for one network under its place in a whole-model checkpoint and parameter tree."""
+    return [dataclasses.replace(r, torch_key=torch_prefix + r.torch_key, path=path_prefix + r.path) for r in rules]
+
+
+def to_ours(tensor: np.ndarray, rule: Rule) -> np.ndarray:
+    """The torch-layout tensor `tensor` as our parameter under `rule`."""
+    if rule.rows is not None:
+        tensor = tensor[rule.rows[0]:rule.rows[1]]
+    if rule.layout == "linear":
+        return np.ascontiguousarray(np.swapaxes(tensor, 0, 1))
+    if rule.layout == "conv":
+        return np.ascontiguousarray(np.transpose(tensor, (2, 3, 1, 0)))
+    return np.asarray(tensor)
+
+
+def to_torch(param: np.ndarray, rule: Rule) -> np.ndarray:
+    """Our parameter as the torch-layout tensor (or row slice) of `rule`."""
+    if rule.layout == "linear":
+        return np.ascontiguousarray(np.swapaxes(param, 0, 1))
+    if rule.layout == "conv":
+        return np.ascontiguousarray(np.transpose(param, (3, 2, 0, 1)))
+    return np.asarray(param)
+
+
+def torch_shape(param_shape: tuple[int, ...], rule: Rule) -> tuple[int, ...]:
+    """The torch tensor shape (of the slice, for row rules) that produces a parameter of `param_shape`."""
+    if rule.layout == "linear":
+        return (param_shape[1], param_shape[0])
+    if rule.layout == "conv":
+        return (param_shape[3], param_shape[2], param_shape[0], param_shape[1])
+    return tuple(param_shape)
+
+
+def check_coverage(rules: list[Rule], param_shapes: Mapping[Path, tuple[int, ...]]) -> None:
+    """Every parameter is produced by exactly one rule and every rule targets a parameter."""
+    targets = [r.path for r in rules]
+    duplicated = sorted({str(p) for p in targets if targets.count(p) > 1})
+    unknown = sorted(str(p) for p in set(targets) - set(param_shapes))
+    uncovered = sorted(str(p) for p in set(param_shapes) - set(targets))
+    problems = []
+    if duplicated:
+        problems.append(f"parameters set by several rules: {duplicated[:5]}")
+    if unknown:
+        problems.append(f"rules for parameters the model does not have: {unknown[:5]}")
+    if uncovered:
+        problems.append(f"parameters no rule sets: {uncovered[:5]}")
+    if problems:
+        raise CheckpointMismatchError("name rules do not fit the model: " + "; ".join(problems))
+
+
+def expected_torch_shapes(rules: list[Rule], param_shapes: Mapping[Path, tuple[int, ...]]) -> dict[str, tuple]:
+    """torch key -> full tensor shape the model expects (row slices stacked back)."""
+    shapes: dict[str, tuple] = {}
+    for rule in rules:
+        shape = torch_shape(tuple(param_shapes[rule.path]), rule)
+        if rule.rows is None:
+            shapes[rule.torch_key] = shape
+        else:
+            stop = max(rule.rows[1], shapes.get(rule.torch_key, (0,))[0])
+            shapes[rule.torch_key] = (stop, *shape[1:])
+    return shapes
+
+
+def import_tensors(tensors: Mapping[str, Any], rules: list[Rule], param_shapes: Mapping[Path, tuple[int, ...]],
+                   ignore: Iterable[str] = (), dtype: Any = np.float32) -> dict[Path, np.ndarray]:
+    """Checkpoint tensors (name -> array-like, read lazily) -> our parameters (path -> numpy array).
+
+    `ignore` holds fnmatch patterns of keys we deliberately drop (schedule buffers, position ids...).
+    Raises CheckpointMismatchError naming every missing, unexpected or wrongly shaped key.
+    """
+    check_coverage(rules, param_shapes)
+    expected = expected_torch_shapes(rules, param_shapes)
+    ignore = list(ignore)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(k for k in set(tensors) - set(expected) if not any(fnmatch.fnmatchcase(k, p) for p in ignore))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"checkpoint does not match the model config: {len(missing)} missing keys {missing[:8]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:8]}. Check that the config (e.g. in_channels, "
+            "zero123 vs CustomNet) matches the checkpoint, or pass the right --format.")
+    params: dict[Path, np.ndarray] = {}
+    for rule in rules:
+        tensor = np.asarray(tensors[rule.torch_key])
+        if tuple(tensor.shape) != tuple(expected[rule.torch_key]):
+            raise CheckpointMismatchError(
+                f"{rule.torch_key}: shape {tuple(tensor.shape)} in the checkpoint, the model config expects "
+                f"{tuple(expected[rule.torch_key])}")
+        params[rule.path] = to_ours(tensor, rule).astype(dtype)
+    return params
+
+
+def export_tensors(params: Mapping[Path, Any], rules: list[Rule]) -> dict[str, np.ndarray]:
+    """Our parameters -> torch-layout tensors (row slices concatenated back in order)."""
+    pieces: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for rule in rules:
+        tensor = to_torch(np.asarray(params[rule.path]), rule)
+        pieces.setdefault(rule.torch_key, []).append((rule.rows[0] if rule.rows else 0, tensor))
+    return {k: (v[0][1] if len(v) == 1 else np.concatenate([t for _, t in sorted(v, key=lambda x: x[0])]))
+            for k, v in pieces.items()}
