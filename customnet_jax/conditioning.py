@@ -120,11 +120,11 @@ def resize(images: Any, size: int | Sequence[int], method: str) -> Any:
     return np.einsum("pw,...owc->...opc", m_w, out, optimize=True)
 
 
-def clip_preprocess(images: Any) -> Any:
-    """CLIP image-encoder input: (B, S, S, 3) in [-1, 1] -> bicubic (align_corners) 224 -> CLIP-normalised."""
+def clip_preprocess(images: Any, size: int = 224) -> Any:
+    """CLIP image-encoder input: (B, S, S, 3) in [-1, 1] -> bicubic (align_corners) size -> CLIP-normalised."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"clip_preprocess expects (B, H, W, 3) images in [-1, 1], got shape {images.shape}")
-    x = resize(images, 224, "bicubic_align_corners")  # (B, 224, 224, 3)
+    x = resize(images, size, "bicubic_align_corners")  # (B, size, size, 3)
     return ((x + 1) / 2 - CLIP_MEAN) / CLIP_STD
 
 

@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from flax import nnx
 
-from customnet_jax.models.abstract import abstract_model, model_with_params
+from customnet_jax.models.build import abstract_model, model_with_params
 from customnet_jax.models.unet import UNet, UNetConfig
 from customnet_jax.weights import rules as R
 from customnet_jax.weights.params import param_shapes

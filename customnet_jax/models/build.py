@@ -1,4 +1,8 @@
-"""Build a model's parameter shapes without allocating them (`nnx.eval_shape`), fast.
+"""Build a model abstractly (shapes only, nothing allocated), from given parameters, or freshly initialised.
+
+Never construct a model eagerly: that dispatches and compiles every random initializer (tens of seconds
+for a tiny model on a CPU). Build it abstractly and fill in parameters from a checkpoint or from
+`customnet_jax.models.init` instead.
 
 flax 0.12.8 + jax 0.10.2: every RNG draw during traced construction compares the tracer's `.sharding`,
 which on a tracer raises an AttributeError whose message walks the whole jaxpr built so far
@@ -29,19 +33,24 @@ def _no_tracer_origin_messages() -> Iterator[None]:
 
 
 def abstract_model(build: Callable[[], M]) -> M:
-    """`nnx.eval_shape(build)`: the model with `jax.ShapeDtypeStruct` parameters."""
+    """`nnx.eval_shape(build)`: the model with `jax.ShapeDtypeStruct` parameters, nothing allocated."""
     with _no_tracer_origin_messages():
         return nnx.eval_shape(build)
 
 
 def model_with_params(build: Callable[[], M], params: dict) -> M:
-    """Build the model abstractly and fill in `params` (path -> array): no random init is run or compiled.
-
-    Eager construction of the real model compiles every initializer (tens of seconds on a CPU); loading a
-    checkpoint never needs those values.
-    """
+    """The model of `build` holding `params` (path -> array, every parameter)."""
     from customnet_jax.weights.params import set_params  # weights depends on models, not the reverse
 
     model = abstract_model(build)
     set_params(model, params)
     return model
+
+
+def initialized_model(build: Callable[[], M], seed: int = 0) -> M:
+    """The model of `build` with fresh random parameters drawn on the host (customnet_jax.models.init)."""
+    from customnet_jax.models.init import initial_params
+    from customnet_jax.weights.params import param_shapes
+
+    shapes = param_shapes(abstract_model(build))
+    return model_with_params(build, initial_params(shapes, seed))

@@ -1,0 +1,1 @@
+"""Noise schedule and samplers (DDIM with classifier-free guidance)."""

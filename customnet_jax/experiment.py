@@ -1,0 +1,61 @@
+"""One experiment = one config file in configs/ returning `Config`: model, diffusion, data, training, mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from customnet_jax.diffusion.schedule import DiffusionConfig
+from customnet_jax.models.customnet import CustomNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # "synthetic" | "views" (zero123 renders) | "pairs" (prepared natural pairs) | "precomputed"
+    source: str = "synthetic"
+    path: str = ""  # tfds data_dir or source folder
+    split: str = "train"
+    num_workers: int = 0  # grain worker processes (0: in-process)
+    shuffle_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The paper's optimisation (SPEC §8) and the condition dropout of SPEC §7."""
+
+    batch_size: int = 96
+    num_steps: int = 500_000
+    learning_rate: float = 2e-6
+    text_kv_lr_multiplier: float = 10.0
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip_norm: float = 0.0  # 0: no clipping
+    ema_decay: float = 0.0  # 0: no EMA
+    grad_accum_steps: int = 1
+    compute_dtype: str = "float32"  # "bfloat16": bf16 compute, fp32 master weights and optimizer state
+    remat: bool = False
+    image_dropout: float = 0.10  # r < 0.10: zero the CLIP image embedding before cc_projection
+    object_latent_dropout: tuple[float, float] = (0.05, 0.15)  # 0.05 <= r < 0.15: zero the object latent
+    text_dropout: float = 0.15  # caption -> "" (0.5 for the composition model)
+    init_from: str = ""  # a model folder (converted zero123 / CustomNet) to start from; "" = random init
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1  # -1: all devices not used by fsdp
+    fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    model: CustomNetConfig = CustomNetConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
