@@ -18,9 +18,9 @@ def param_shapes(model: nnx.Module) -> dict[Path, tuple[int, ...]]:
 
 
 def get_params(model: nnx.Module) -> dict[Path, np.ndarray]:
-    """path -> numpy array of every nnx.Param."""
+    """path -> numpy array (a writable copy) of every nnx.Param."""
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return {path: np.asarray(jax.device_get(var.get_value())) for path, var in flat}
+    return {path: np.array(jax.device_get(var.get_value())) for path, var in flat}
 
 
 def set_params(model: nnx.Module, params: Mapping[Path, np.ndarray]) -> None:

@@ -1,0 +1,104 @@
+"""DDIM sampling (Song et al. 2021) as LDM's DDIMSampler, with classifier-free guidance done by the caller.
+
+A sampler here is a schedule (numpy constants) and a pure `step`; `sample` runs all steps as one `lax.scan`.
+Other samplers (e.g. DPM-Solver++) can sit beside it with the same `sample(eps_fn, x_T, ...)` shape: the
+model is only ever seen through `eps_fn(x, timesteps) -> eps`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEDULES = ("correct", "original")
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMSchedule:
+    """Per step i (in sampling order): timestep t_i, alpha_cumprod at t_i and at the next (lower) t, sigma_i."""
+
+    timesteps: np.ndarray  # (S,) int32, descending
+    alphas: np.ndarray  # (S,) float32
+    alphas_prev: np.ndarray  # (S,) float32
+    sigmas: np.ndarray  # (S,) float32
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
+                  schedule: str = "correct") -> DDIMSchedule:
+    """LDM's uniform DDIM grid t = 1, 1 + c, ..., 1 + (S-1)c with c = T // S, run from the top down; the last
+    step's "previous" alpha is alphas_cumprod[0] (= diffusers DDIM with steps_offset=1, set_alpha_to_one=False).
+
+    schedule="original" reproduces the released samplers bit for bit: they drop the highest timestep
+    (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (SPEC §7).
+    """
+    total = len(alphas_cumprod)
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"steps must be between 1 and {total}, got {num_steps}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: use one of {SCHEDULES}")
+    if not 0.0 <= eta:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if schedule == "original" and num_steps < 2:
+        raise ValueError("the original schedule drops a step: it needs steps >= 2")
+    stride = total // num_steps
+    grid = np.arange(0, total, stride)[:num_steps] + 1  # 1, 1 + c, ...
+    grid = np.minimum(grid, total - 1)
+    acp = np.asarray(alphas_cumprod, np.float32)
+    alphas = acp[grid]
+    alphas_prev = np.concatenate([acp[:1], acp[grid[:-1]]])
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
+    keep = slice(None, -1) if schedule == "original" else slice(None)
+    flip = lambda a: np.ascontiguousarray(a[keep][::-1])
+    return DDIMSchedule(flip(grid).astype(np.int32), flip(alphas).astype(np.float32),
+                        flip(alphas_prev).astype(np.float32), flip(sigmas).astype(np.float32))
+
+
+def ddim_step(x: jax.Array, eps: jax.Array, alpha: jax.Array, alpha_prev: jax.Array, sigma: jax.Array,
+              noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x_t -> (x_{t_prev}, predicted x_0)."""
+    pred_x0 = (x - jnp.sqrt(1 - alpha) * eps) / jnp.sqrt(alpha)
+    direction = jnp.sqrt(1 - alpha_prev - sigma**2) * eps
+    return jnp.sqrt(alpha_prev) * pred_x0 + direction + sigma * noise, pred_x0
+
+
+def sample(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, schedule: DDIMSchedule,
+           key: jax.Array | None = None, noises: jax.Array | None = None,
+           on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
+    """Run the schedule from x_T (B, h, w, c) to x_0 in one `lax.scan`.
+
+    eps_fn(x, timesteps (B,)) returns the (guided) noise prediction. The stochastic part (eta > 0) draws
+    N(0, 1) from `key` (folded with the step index), or takes it from `noises` (S, B, h, w, c) when given,
+    so that a reference implementation can be fed the same draws. `on_step(i)` is called as a host callback
+    after each step (progress bars).
+    """
+    if noises is not None and noises.shape != (schedule.num_steps, *x_T.shape):
+        raise ValueError(f"noises have shape {noises.shape}, expected {(schedule.num_steps, *x_T.shape)}")
+    if noises is None and key is None and isinstance(schedule.sigmas, np.ndarray) and np.any(schedule.sigmas > 0):
+        raise ValueError("eta > 0 needs a random key or explicit noises")
+    constants = tuple(jnp.asarray(a) for a in (schedule.timesteps, schedule.alphas, schedule.alphas_prev,
+                                                schedule.sigmas))
+
+    def body(x, inputs):
+        index, t, alpha, alpha_prev, sigma = inputs
+        eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+        if noises is not None:
+            noise = noises[index]
+        elif key is not None:  # multiplied by sigma = 0 when eta = 0
+            noise = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
+        else:
+            noise = jnp.zeros_like(x)
+        x, _ = ddim_step(x, eps, alpha, alpha_prev, sigma, noise)
+        if on_step is not None:
+            jax.debug.callback(on_step, index)
+        return x, None
+
+    x, _ = jax.lax.scan(body, x_T, (jnp.arange(schedule.num_steps), *constants))
+    return x

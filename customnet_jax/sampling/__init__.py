@@ -1,0 +1,1 @@
+"""Inference: the sampling pipeline and the files it writes."""

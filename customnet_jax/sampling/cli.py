@@ -1,0 +1,146 @@
+"""`sample.py`: command-line CustomNet sampling, including multi-view sheets."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pathlib
+import re
+import sys
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from customnet_jax.sampling.outputs import write_results
+
+DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+VALUE_FLAGS = ("--polar", "--azimuth", "--radius", "--bbox")
+
+
+def parse_values(text: str, name: str) -> list[float]:
+    """'30' -> [30]; '-60,-30,0' -> list; 'start:stop:count' -> count evenly spaced values, both ends included."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, count = text.split(":")
+            if int(count) < 1:
+                raise ValueError
+            return [float(v) for v in np.linspace(float(start), float(stop), int(count))]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--{name} {text!r}: give a number, a list '-60,-30,0' or a range 'start:stop:count'") \
+            from None
+
+
+def views_from(polar: list[float], azimuth: list[float], radius: list[float]) -> list[tuple[float, float, float]]:
+    """One view per combination; single values are shared, equal-length lists are zipped, else the grid."""
+    lists = [polar, azimuth, radius]
+    longest = max(len(v) for v in lists)
+    if all(len(v) in (1, longest) for v in lists):
+        return [tuple(v[i] if len(v) > 1 else v[0] for v in lists) for i in range(longest)]
+    return list(itertools.product(*lists))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sample.py",
+        description="Put an object into generated pictures with control of its box, viewpoint and background. "
+                    "With no arguments: the built-in demo model and object, a multi-view sheet in outputs/.")
+    p.add_argument("--checkpoint", help="model folder (convert_weights.py output or train.py export); "
+                                        "default: the built-in demo model")
+    p.add_argument("--object", help="object picture: RGBA (alpha = object) or RGB on white; default: built-in")
+    p.add_argument("--mask", help="object mask picture (white = object) for an RGB object picture")
+    p.add_argument("--bbox", help="x0,y0,x1,y1 in pixels of the model's canvas (256 for the released models) "
+                                  "or fractions in [0, 1]; default: the whole canvas")
+    p.add_argument("--polar", default="0", help="relative polar angle(s) in degrees: 30, -30,0,30 or -90:90:7")
+    p.add_argument("--azimuth", default="0", help="relative azimuth(s) in degrees, same forms as --polar")
+    p.add_argument("--radius", default="0", help="relative radius(es), in [-0.5, 0.5]")
+    p.add_argument("--prompt", default="", help="text for the background (CustomNet models)")
+    p.add_argument("--background", help="background picture (composition model)")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
+    p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 as Zero-1-to-3's demo")
+    p.add_argument("--schedule", choices=("correct", "original"), default="correct",
+                   help="'original' reproduces the released sampler's dropped first step")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    p.add_argument("--out", default="outputs", help="output folder")
+    p.add_argument("--name", default="sample", help="file name prefix")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """Let `--azimuth -60,-30` work: argparse would take '-60,-30' for an option."""
+    out, argv = [], list(argv)
+    for i, arg in enumerate(argv):
+        if i and argv[i - 1] in VALUE_FLAGS and re.match(r"^-[\d.]", arg):
+            out[-1] = f"{argv[i - 1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def enable_compilation_cache() -> None:
+    """Reuse compiled programs across runs (JAX's persistent cache), unless the user configured one."""
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(pathlib.Path.home() / ".cache" / "customnet_jax" / "jax"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    enable_compilation_cache()
+    from customnet_jax.sampling.demo import default_object, demo_pipeline
+    from customnet_jax.sampling.pipeline import Pipeline
+
+    dtype = jnp.bfloat16 if args.bf16 else jnp.float32
+    if args.checkpoint:
+        try:
+            pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype)
+        except ValueError as error:
+            print(f"sample.py: error: {error}", file=sys.stderr)
+            return 2
+        label = args.checkpoint
+    else:
+        pipeline, label = demo_pipeline(DEMO_FOLDER, dtype)
+    built_in = args.object is None
+    object_image = default_object(pipeline.config.resolution) if built_in else args.object
+    mask = None
+    if args.mask:
+        from PIL import Image
+
+        mask = np.asarray(Image.open(args.mask).convert("L"))
+    views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
+                       parse_values(args.radius, "radius"))
+    if built_in and args.checkpoint is None and args.azimuth == "0" and args.polar == "0":
+        views = views_from([0.0], parse_values("-90:90:5", "azimuth"), [0.0])  # the default: a multi-view sheet
+    prompt = args.prompt
+    if not prompt and args.checkpoint is None and not pipeline.config.is_zero123:
+        prompt = "a toy on a striped floor"
+    bbox = [float(v) for v in args.bbox.split(",")] if args.bbox else None
+    if bbox is not None and len(bbox) != 4:
+        raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
+    try:
+        result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=args.background,
+                          mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
+                          guidance=args.guidance, image_guidance=args.image_guidance,
+                          text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
+                          progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
+    result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
+                           background_file=args.background, bf16=args.bf16)
+    files = write_results(result, args.out, args.name)
+    print(f"model: {label}")
+    print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
+          f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
+    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "steps", "guidance")}))
+    return 0
