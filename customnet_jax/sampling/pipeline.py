@@ -149,7 +149,8 @@ class Pipeline:
             "prompt": prompt, "bbox": list(box), "views": np.asarray(views, float).tolist(),
             "num_samples": num_samples, "seed": seed, "steps": steps, "guidance": guidance,
             "image_guidance": image_guidance, "text_guidance": text_guidance, "eta": eta, "schedule": schedule,
-            "background": background is not None, "resolution": c.resolution, "seconds": round(time.time() - started, 3),
+            "background": background is not None, "resolution": c.resolution,
+            "seconds": round(time.time() - started, 3),
             "model": None if self.folder is None else {"path": str(self.folder.path), **self.folder.provenance},
         }
         return Result(images, np.asarray(latents).reshape(views_count, num_samples, *latents.shape[1:]), obj,
