@@ -65,7 +65,7 @@ class Pipeline:
         self.tokenizer = None if self.config.is_zero123 else load_tokenizer(tokenizer_path)
         self.graphdef, self.state = nnx.split(model)
         self._progress = None
-        self._generate = jax.jit(self._generate_program, static_argnames=("guidance_terms",))
+        self._generate = jax.jit(self._generate_program, static_argnames=("guidance_terms", "progress"))
 
     @classmethod
     def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32) -> Pipeline:
@@ -141,7 +141,7 @@ class Pipeline:
                 jnp.asarray(view_vectors), jnp.asarray(tokens), x_T, jax.random.fold_in(key, 1),
                 None if noises is None else jnp.asarray(noises, jnp.float32), scales,
                 *(jnp.asarray(a) for a in (plan.timesteps, plan.alphas, plan.alphas_prev, plan.sigmas)),
-                guidance_terms=terms)
+                guidance_terms=terms, progress=progress)
             images = np.asarray(images)
         views_count = len(view_vectors)
         images = np.rint(images * 255).astype(np.uint8).reshape(views_count, num_samples, *images.shape[1:])
@@ -164,7 +164,9 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _progress_bar(self, total: int, enabled: bool):
-        """A tqdm bar advanced from inside the compiled loop (a host callback per step)."""
+        """A tqdm bar advanced from inside the compiled loop (a host callback per step). The callback makes
+        the program uncacheable across processes (JAX's persistent cache), so it is compiled in only when
+        progress is shown."""
         if enabled:
             from tqdm import tqdm
 
@@ -177,7 +179,7 @@ class Pipeline:
             self._progress = None
 
     def _generate_program(self, state, object_image, location, background, views, tokens, x_T, key, noises,
-                          scales, timesteps, alphas, alphas_prev, sigmas, *, guidance_terms):
+                          scales, timesteps, alphas, alphas_prev, sigmas, *, guidance_terms, progress):
         model = nnx.merge(self.graphdef, state)
         c = self.config
         num_views, num_samples = views.shape[0], x_T.shape[0]
@@ -226,6 +228,6 @@ class Pipeline:
 
         plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas)
         latents = ddim.sample(eps_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
-                              on_step=self._on_step)
+                              on_step=self._on_step if progress else None)
         images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
         return images, latents

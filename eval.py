@@ -1,0 +1,8 @@
+"""Evaluate CustomNet as the paper does (DINO-I, CLIP-I, CLIP-T + ground-truth measures): `python eval.py --help`."""
+
+import sys
+
+from customnet_jax.evaluation.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
