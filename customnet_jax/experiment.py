@@ -12,10 +12,15 @@ from customnet_jax.models.customnet import CustomNetConfig
 class DataConfig:
     # "synthetic" | "views" (zero123 renders) | "pairs" (prepared natural pairs) | "precomputed"
     source: str = "synthetic"
-    path: str = ""  # tfds data_dir or source folder
+    path: str = ""  # a built tfds dataset folder or a data_dir holding one ("synthetic": built there if missing)
     split: str = "train"
     num_workers: int = 0  # grain worker processes (0: in-process)
     shuffle_seed: int = 0
+    read_threads: int = 2  # grain read threads per process
+    prefetch: int = 2  # batches buffered (per read pipeline and per worker)
+    image_size: int = 0  # stored picture size of a synthetic world built on demand (0: model resolution)
+    synthetic_examples: int = 4096  # train examples of a synthetic world built on demand
+    synthetic_seed: int = 0  # its world seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +49,16 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    async_checkpoints: bool = True  # orbax writes in the background while training goes on
+    sample_every: int = 0  # write a sample sheet every N steps (0: never)
+    export_model: bool = True  # write the trained weights as a model folder <workdir>/model at the end
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
     data: int = -1  # -1: all devices not used by fsdp
     fsdp: int = 1
+    fsdp_min_size: int = 2**18  # parameters with fewer elements stay replicated
 
 
 @dataclasses.dataclass(frozen=True)

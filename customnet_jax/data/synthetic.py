@@ -1,0 +1,170 @@
+"""A synthetic world for tests, the built-in demo and evaluation: coloured 3D solids on procedural backgrounds.
+
+`scene(seed)` draws one training example deterministically: an object (renderer.py), two cameras, a square box,
+a background, a caption from a template ("a red and blue cube with a yellow top on a striped green floor");
+the Scene re-renders the ground truth of any camera (`target_for`). `World` holds the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from customnet_jax.conditioning import view_from_degrees
+from customnet_jax.data.renderer import COLORS, SHAPES, Camera, ObjectSpec, object_parts, on_white, over, render
+
+__all__ = ["COLORS", "SHAPES", "BackgroundSpec", "Camera", "ObjectSpec", "Scene", "World", "background",
+           "object_parts", "on_white", "over", "relative_view", "render", "sample_background", "sample_box",
+           "sample_camera", "sample_object", "scene"]
+
+PATTERNS = ("plain", "striped", "checkered", "dotted")
+SURFACES = ("floor", "wall", "table")
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """The world's parameters: image size, camera ranges (degrees), box sizes (fractions of the image)."""
+
+    image_size: int = 64
+    supersample: int = 2  # rays per pixel side (anti-aliasing)
+    fov_deg: float = 45.0
+    polar_range: tuple[float, float] = (45.0, 105.0)  # from +z (up); 90 = level with the object
+    radius_range: tuple[float, float] = (2.0, 2.6)
+    box_range: tuple[float, float] = (0.4, 0.85)  # side of the square object box
+    object_radius: float = 0.7  # bounding-sphere radius of every object
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = tuple(COLORS)
+    seed: int = 0  # world seed: scene(i) of two worlds with different seeds differ
+
+
+def relative_view(target: Camera, condition: Camera) -> np.ndarray:
+    """T (4,) from the condition camera to the target camera, from their degrees (= view_from_cameras of rt())."""
+    return view_from_degrees(target.polar - condition.polar, (target.azimuth - condition.azimuth) % 360.0,
+                             target.radius - condition.radius)
+
+
+# ----------------------------------------------------------------------------------------- backgrounds
+
+
+@dataclasses.dataclass(frozen=True)
+class BackgroundSpec:
+    pattern: str
+    color: str
+    surface: str = "floor"
+    angle: float = 0.0  # stripe direction (degrees)
+    period: float = 0.2  # pattern period, fraction of the image side
+    phase: float = 0.0
+
+    def phrase(self) -> str:
+        pattern = "" if self.pattern == "plain" else self.pattern + " "
+        where = "in front of" if self.surface == "wall" else "on"
+        return f"{where} a {pattern}{self.color} {self.surface}"
+
+
+def background(spec: BackgroundSpec, size: int) -> np.ndarray:
+    """A procedural two-tone picture (pale tones of the colour, so objects stand out) -> uint8 (size, size, 3)."""
+    base = np.array(COLORS[spec.color], np.float64)
+    light, dark = 0.3 * base + 0.7 * 255, 0.65 * base + 0.35 * 255
+    coords = (np.arange(size) + 0.5) / size
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    a = math.radians(spec.angle)
+    u = (x * math.cos(a) + y * math.sin(a)) / spec.period + spec.phase
+    v = (-x * math.sin(a) + y * math.cos(a)) / spec.period + spec.phase
+    if spec.pattern == "plain":
+        mix = 0.35 * (y if spec.surface != "wall" else x)  # a gentle gradient
+    elif spec.pattern == "striped":
+        mix = (np.floor(u) % 2).astype(np.float64)
+    elif spec.pattern == "checkered":
+        mix = ((np.floor(u) + np.floor(v)) % 2).astype(np.float64)
+    elif spec.pattern == "dotted":
+        fu, fv = u - np.floor(u) - 0.5, v - np.floor(v) - 0.5
+        mix = (fu * fu + fv * fv < 0.09).astype(np.float64)
+    else:
+        raise ValueError(f"unknown pattern {spec.pattern!r}; expected one of {PATTERNS}")
+    out = light * (1 - mix[..., None]) + dark * mix[..., None]
+    return np.rint(out).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- scenes
+
+
+def sample_object(rng: np.random.Generator, world: World = World()) -> ObjectSpec:
+    colors = tuple(str(c) for c in rng.choice(world.colors, 3, replace=False))
+    w, d, h = rng.uniform(0.7, 1.3, 3)
+    return ObjectSpec(str(rng.choice(world.shapes)), colors, float(rng.uniform(0, 360)), float(w), float(d), float(h))
+
+
+def sample_camera(rng: np.random.Generator, world: World = World()) -> Camera:
+    return Camera(float(rng.uniform(*world.polar_range)), float(rng.uniform(0, 360)),
+                  float(rng.uniform(*world.radius_range)))
+
+
+def sample_background(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> BackgroundSpec:
+    colors = [c for c in COLORS if c not in exclude and c != "black"]
+    return BackgroundSpec(str(rng.choice(PATTERNS)), str(rng.choice(colors)), str(rng.choice(SURFACES)),
+                          float(rng.choice([0.0, 45.0, 90.0, 135.0])), float(rng.uniform(0.1, 0.3)),
+                          float(rng.uniform(0, 1)))
+
+
+def sample_box(rng: np.random.Generator, size: int, box_range: tuple[float, float]) -> tuple[int, int, int, int]:
+    """A square box (x0, y0, x1, y1) in pixels, inside the size x size image."""
+    side = int(np.clip(round(rng.uniform(*box_range) * size), 4, size))
+    x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+    return x0, y0, x0 + side, y0 + side
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Scene:
+    """One example of the world: target (object in its box on the background), condition view, T, caption."""
+
+    world: World
+    spec: ObjectSpec
+    condition_camera: Camera
+    target_camera: Camera
+    background_spec: BackgroundSpec
+    box_pixels: tuple[int, int, int, int]  # (x0, y0, x1, y1) in the world's image_size pixels
+    target: np.ndarray  # uint8 (S, S, 3)
+    object: np.ndarray  # uint8 (S, S, 3): the condition view on white
+    background: np.ndarray  # uint8 (S, S, 3): the background without the object
+
+    @property
+    def view(self) -> np.ndarray:
+        return relative_view(self.target_camera, self.condition_camera)
+
+    @property
+    def box(self) -> np.ndarray:
+        """The box as fractions (x0, y0, x1, y1) of the image side."""
+        return np.asarray(self.box_pixels, np.float32) / self.world.image_size
+
+    @property
+    def caption(self) -> str:
+        return f"{self.spec.caption()} {self.background_spec.phrase()}"
+
+    def render_object(self, camera: Camera, size: int | None = None) -> np.ndarray:
+        """RGBA (size, size, 4) of this scene's object seen from `camera` (default size: the world's)."""
+        w = self.world
+        return render(self.spec, camera, size or w.image_size, fov_deg=w.fov_deg, supersample=w.supersample,
+                      object_radius=w.object_radius)
+
+    def target_for(self, camera: Camera) -> np.ndarray:
+        """Ground truth: the object seen from `camera`, in this scene's box on its background -> uint8 RGB."""
+        x0, y0, x1, y1 = self.box_pixels
+        out = self.background.copy()
+        out[y0:y1, x0:x1] = over(self.render_object(camera, x1 - x0), out[y0:y1, x0:x1])
+        return out
+
+
+def scene(seed: int, world: World = World()) -> Scene:
+    """The example number `seed` of the world (deterministic in (world.seed, seed))."""
+    rng = np.random.default_rng([world.seed, seed])
+    spec = sample_object(rng, world)
+    condition, target = sample_camera(rng, world), sample_camera(rng, world)
+    bg_spec = sample_background(rng, exclude=spec.colors)
+    size = world.image_size
+    box = sample_box(rng, size, world.box_range)
+    bg = background(bg_spec, size)
+    partial = Scene(world, spec, condition, target, bg_spec, box, bg, bg, bg)
+    obj = on_white(partial.render_object(condition))
+    return dataclasses.replace(partial, target=partial.target_for(target), object=obj)
