@@ -51,7 +51,7 @@ class ModelFolder:
 
 def read_folder(path: str | pathlib.Path) -> ModelFolder:
     """The configs and provenance of a model folder (no weights are read)."""
-    path = pathlib.Path(path)
+    path = pathlib.Path(path).absolute()  # orbax needs absolute paths
     missing = [name for name in FILES if not (path / name).exists()]
     if not path.is_dir() or missing:
         raise NotAModelFolderError(
@@ -92,7 +92,10 @@ def save_model_folder(path: str | pathlib.Path, params: dict, model_config: Cust
             (staging / "tokenizer").mkdir()
             for name in ("vocab.json", "merges.txt"):
                 shutil.copy(pathlib.Path(tokenizer) / name, staging / "tokenizer" / name)
-        checkpointer = ocp.StandardCheckpointer()
+        # this process alone writes (and syncs with no other): a multi-host train.py exports from host 0 only
+        me = jax.process_index()
+        checkpointer = ocp.StandardCheckpointer(
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
         checkpointer.save(staging / "params", params)
         checkpointer.wait_until_finished()
         if path.exists():

@@ -147,7 +147,7 @@ def pair_records(path: str | pathlib.Path, split: str, *, size: int, report: Ski
             except ValueError as e:  # not JSON
                 report.add(f"{path}:{number + 1}", f"unreadable JSON line ({e})")
         return
-    folders = sorted(d for d in path.iterdir() if d.is_dir())
+    folders = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))  # skip .staging etc.
     for folder in split_ids(folders, split):
         try:
             yield from read_photo(folder, size, report)
