@@ -1,0 +1,3 @@
+from customnet_jax.demo.recipe import main
+
+main()

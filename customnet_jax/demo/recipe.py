@@ -1,0 +1,109 @@
+"""Make the built-in demo model from nothing: `python -m customnet_jax.demo` (or `make demo-model`).
+
+    1. build the synthetic world (customnet_jax.data, tfds array_record)        workdirs/demo/data
+    2. train the demo's own VAE on its pictures (autoencoder.py)                 -> latent scale
+    3. an initial model folder: that VAE + random UNet, CLIPs, cc_projection     workdirs/demo/init
+    4. precompute the frozen encoders' outputs once                              workdirs/demo/precomputed
+    5. train.py's loop on the precomputed data                                   workdirs/demo/run
+    6. ship the exported model folder                                            customnet_jax/assets/demo_model
+Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
+(stage 5 resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import shutil
+import time
+
+from customnet_jax.config import load_config, override
+from customnet_jax.experiment import Config, DataConfig
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "customnet_jax" / "assets" / "demo_model"
+
+
+def log(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def raw_config(config: Config, workdir: pathlib.Path) -> Config:
+    """The config reading the raw synthetic world (built in workdir/data on first use)."""
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, source="synthetic",
+                                                                path=str(workdir / "data")))
+
+
+def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int) -> pathlib.Path:
+    """Stages 2-3: the demo VAE, then a model folder holding it beside randomly initialised networks."""
+    from flax import nnx
+
+    from customnet_jax.demo.autoencoder import AutoencoderTraining, train_autoencoder
+    from customnet_jax.model_folder import param_tree, save_model_folder
+    from customnet_jax.models.build import initialized_model
+    from customnet_jax.models.customnet import CustomNet
+
+    folder = pathlib.Path(config.train.init_from)
+    if (folder / "config.json").is_file():
+        log(f"initial model folder exists: {folder}")
+        return folder
+    vae, scale = train_autoencoder(raw_config(config, workdir), config.model.vae,
+                                   AutoencoderTraining(steps=vae_steps), log=log)
+    model_config = dataclasses.replace(config.model, latent_scale=round(scale, 5))
+    model = initialized_model(lambda: CustomNet(model_config, rngs=nnx.Rngs(0)), seed=config.train.seed)
+    params = param_tree(model)
+    params["vae"] = param_tree(vae)
+    save_model_folder(folder, params, model_config, config.diffusion,
+                      provenance={"format": "customnet-jax demo init", "vae_steps": vae_steps,
+                                  "latent_scale": model_config.latent_scale})
+    log(f"wrote the initial model folder {folder} (latent scale {model_config.latent_scale})")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+    parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
+    from customnet_jax.data import precompute
+    from customnet_jax.model_folder import load_model
+    from customnet_jax.train.loop import train
+
+    workdir = pathlib.Path(args.workdir).absolute()
+    config = override(load_config(args.config), args.overrides)
+    config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, init_from=str(workdir / "init")),
+        data=dataclasses.replace(config.data, path=str(workdir / "precomputed")))
+    started = time.time()
+
+    init = make_init_folder(config, workdir, args.vae_steps)
+    model, folder = load_model(init)
+    config = dataclasses.replace(config, model=folder.model)  # with the VAE's latent scale
+    precomputed = workdir / "precomputed"
+    if not any(precomputed.glob("**/dataset_info.json")):
+        log("precomputing the frozen encoders' outputs")
+        precomputed = precompute(raw_config(config, workdir), model, precomputed, batch_size=64, name="demo")
+    data = DataConfig(**{**dataclasses.asdict(config.data), "source": "precomputed", "path": str(precomputed)})
+    config = dataclasses.replace(config, data=data)
+
+    log("training (resumes from workdir/run/checkpoints if present)")
+    train(config, workdir / "run", log=log)
+    exported = workdir / "run" / "model"
+    if not args.no_ship:
+        if SHIPPED.exists():
+            shutil.rmtree(SHIPPED)
+        shutil.copytree(exported, SHIPPED)
+        log(f"shipped {exported} -> {SHIPPED}")
+    log(f"done in {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
