@@ -51,6 +51,8 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True  # orbax writes in the background while training goes on
     sample_every: int = 0  # write a sample sheet every N steps (0: never)
+    sample_steps: int = 50  # DDIM steps of the sample sheets
+    sample_prompt: str = ""  # their caption (CustomNet models)
     export_model: bool = True  # write the trained weights as a model folder <workdir>/model at the end
 
 

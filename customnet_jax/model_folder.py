@@ -94,10 +94,13 @@ def save_model_folder(path: str | pathlib.Path, params: dict, model_config: Cust
                 shutil.copy(pathlib.Path(tokenizer) / name, staging / "tokenizer" / name)
         # this process alone writes (and syncs with no other): a multi-host train.py exports from host 0 only
         me = jax.process_index()
-        checkpointer = ocp.StandardCheckpointer(
-            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
-        checkpointer.save(staging / "params", params)
-        checkpointer.wait_until_finished()
+        only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+        # synchronous, <= 1 GB in flight, uncompressed: the async default stages a host copy of every array and
+        # zstd-in-OCDBT buffers the compressed output, ~2.7x a full-size model's memory (benchmarks/RESULTS.md)
+        handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, use_compression=False,
+                                              multiprocessing_options=only_me)
+        ocp.Checkpointer(handler, multiprocessing_options=only_me).save(staging / "params",
+                                                                        args=ocp.args.PyTreeSave(params))
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)

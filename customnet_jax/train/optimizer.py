@@ -1,0 +1,71 @@
+"""AdamW as the original (torch defaults, SPEC §8), the text K/V at 10x lr, warm-up, clipping, and the EMA update.
+
+The 10x group is a per-leaf scale applied after AdamW: torch's AdamW step for a group with lr' = 10 lr is
+-lr' (adam + wd p) = 10 x (-lr (adam + wd p)), so one AdamW state covers both groups exactly.
+Gradient accumulation is done in the step (a scan over micro-batches, step.py), not here: one optimizer
+update per global batch, whatever the accumulation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+TEXT_KV = ("to_k_text", "to_v_text")
+
+
+def lr_schedule(train: Any) -> optax.Schedule:
+    """Linear warm-up from 0 over `warmup_steps`, then constant `learning_rate`."""
+    if train.warmup_steps <= 0:
+        return optax.constant_schedule(train.learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, train.learning_rate, train.warmup_steps),
+         optax.constant_schedule(train.learning_rate)], [train.warmup_steps])
+
+
+def _is_text_kv(keypath: tuple) -> bool:
+    return any(getattr(k, "key", None) in TEXT_KV for k in keypath)
+
+
+def lr_multipliers(params: Any, text_kv_multiplier: float) -> Any:
+    """A tree like `params`: `text_kv_multiplier` on the text K/V kernels, 1 elsewhere."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: text_kv_multiplier if _is_text_kv(path) else 1.0, params)
+
+
+class _Empty(NamedTuple):
+    pass
+
+
+def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
+    """Multiply each update leaf by a fixed Python float (no state)."""
+
+    def init(params):
+        del params
+        return _Empty()
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, m: u if m == 1.0 else u * jnp.asarray(m, u.dtype), updates, multipliers), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(train: Any, params: Any) -> optax.GradientTransformation:
+    """[clip by global norm] -> AdamW(lr schedule, betas, eps, decoupled weight decay) -> text K/V x multiplier."""
+    parts = []
+    if train.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
+    parts.append(optax.adamw(lr_schedule(train), b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps,
+                             weight_decay=train.weight_decay))
+    if train.text_kv_lr_multiplier != 1.0:
+        parts.append(scale_by_tree(lr_multipliers(params, train.text_kv_lr_multiplier)))
+    return optax.chain(*parts)
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """ema <- decay * ema + (1 - decay) * params."""
+    return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)

@@ -1,0 +1,145 @@
+"""The train state: a plain pytree of dicts, so that jit shardings, donation and orbax need nothing special.
+
+    state  = {"params": trainable (UNet + cc_projection), "opt_state": optax state, "step": int32 (),
+              "rng": uint32 (2,) base key, ["ema": EMA of params]}          updated by every step, checkpointed
+    frozen = {"params": VAE + CLIP image (+ CLIP text) encoders, ["null_text": (1, 77, D) embedding of ""]}
+             rebuilt at start (from `init_from` or the seed), never updated, not checkpointed
+
+The model structure is an `nnx.GraphDef`; `nnx.merge(graphdef, state["params"], frozen["params"])` gives the
+CustomNet inside the step. Parameters are float32 (the master weights) whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+
+from customnet_jax.models.build import abstract_model
+from customnet_jax.models.customnet import CustomNet, CustomNetConfig
+from customnet_jax.models.init import initial_params as random_params
+
+TRAINABLE = ("unet", "cc_projection")
+CONV_IN = ("unet", "conv_in", "kernel")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool = False) -> Callable:
+    dtype = COMPUTE_DTYPES[compute_dtype]
+    return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat)
+
+
+def is_trainable(path: tuple, value: Any = None) -> bool:
+    del value
+    return path[0] in TRAINABLE
+
+
+def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
+    """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
+    model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat))
+    graphdef, state = nnx.split(model)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
+
+
+def split_params(flat: dict) -> tuple[dict, dict]:
+    """Flat path -> array  ->  (trainable nested dict, frozen nested dict)."""
+    trainable = {p: v for p, v in flat.items() if is_trainable(p)}
+    frozen = {p: v for p, v in flat.items() if not is_trainable(p)}
+    return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
+
+
+def join_params(*trees: dict) -> dict:
+    """Nested dicts with disjoint paths -> one nested dict."""
+    flat = {}
+    for tree in trees:
+        flat.update(traverse_util.flatten_dict(tree))
+    return traverse_util.unflatten_dict(flat)
+
+
+@dataclasses.dataclass(frozen=True)
+class InitReport:
+    """Where the initial parameters came from: `loaded` / `widened` / `fresh` / `ignored` are path lists."""
+
+    source: str
+    loaded: list = dataclasses.field(default_factory=list)
+    widened: list = dataclasses.field(default_factory=list)
+    fresh: list = dataclasses.field(default_factory=list)
+    ignored: list = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.source == "random":
+            return f"random init ({len(self.fresh)} parameters)"
+        text = f"from {self.source}: {len(self.loaded)} loaded"
+        if self.widened:
+            text += f", widened with zero input channels: {['/'.join(map(str, p)) for p in self.widened]}"
+        if self.fresh:
+            groups = sorted({'/'.join(map(str, p[:2])) for p in self.fresh})
+            more = " ..." if len(groups) > 6 else ""
+            text += f", {len(self.fresh)} freshly initialised ({', '.join(groups[:6])}{more})"
+        if self.ignored:
+            text += f", {len(self.ignored)} in the folder not used"
+        return text
+
+
+def widen_input_channels(source: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """A conv kernel (kh, kw, cin, cout) with fewer input channels, zero-padded to `shape` (zero123 did 4 -> 8
+    and the composition model 8 -> 12: the new channels start with no effect). None if it does not fit."""
+    if source.ndim != 4 or len(shape) != 4:
+        return None
+    if source.shape[:2] != shape[:2] or source.shape[3] != shape[3] or source.shape[2] > shape[2]:
+        return None
+    out = np.zeros(shape, np.float32)
+    out[:, :, :source.shape[2]] = source
+    return out
+
+
+def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = None,
+                   source: str = "random") -> tuple[dict, InitReport]:
+    """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
+    widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""
+    if folder_params is None:
+        return random_params(shapes, config.train.seed), InitReport("random", fresh=sorted(shapes, key=str))
+    fresh_values = random_params({p: s for p, s in shapes.items() if p not in folder_params}, config.train.seed)
+    out, report = {}, InitReport(source)
+    for path, shape in shapes.items():
+        value = folder_params.get(path)
+        if value is None:
+            out[path] = fresh_values[path]
+            report.fresh.append(path)
+        elif tuple(value.shape) == tuple(shape):
+            out[path] = np.asarray(value, np.float32)
+            report.loaded.append(path)
+        elif path == CONV_IN and (wide := widen_input_channels(np.asarray(value), shape)) is not None:
+            out[path] = wide
+            report.widened.append(path)
+        else:
+            raise ValueError(f"init_from {source}: parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)} "
+                             f"in the folder but {tuple(shape)} in this model; the folder's model config does not fit "
+                             "config.model (only the UNet input channels may grow, e.g. 8 -> 12)")
+    report.ignored.extend(sorted(set(folder_params) - set(shapes), key=str))
+    return out, report
+
+
+def read_init_folder(path: str | pathlib.Path) -> dict:
+    """A model folder's parameters, flat path -> numpy (see customnet_jax.model_folder)."""
+    from customnet_jax.model_folder import load_model, param_tree
+
+    model, _ = load_model(path)
+    flat = traverse_util.flatten_dict(param_tree(model))
+    return {p: np.asarray(jax.device_get(v)) for p, v in flat.items()}
+
+
+def new_state(params: dict, tx: Any, seed: int, ema: bool) -> dict:
+    """The train state at step 0 (run under jit with out_shardings so that every leaf is a global array)."""
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(seed)}
+    if ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
+    return state

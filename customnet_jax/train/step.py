@@ -1,0 +1,178 @@
+"""The training objective (SPEC §7) and the sharded train step: a pure function of (state, frozen, batch).
+
+One step, for a global batch of B samples (random draws for the whole batch first, so that gradient
+accumulation does not change them):
+  t ~ U{0..T-1}, eps ~ N(0, I), and the VAE posterior draw n ~ N(0, I);
+  frozen encoders (no gradient): z0 = latent_scale (mean + exp(logvar / 2) n) of the target, the object
+  (location) latent and, for the composition model, the background latent (posterior means, unscaled), the
+  CLIP image embedding of the object and the CLIP text embedding of the caption; or all of them precomputed;
+  condition dropout per sample (flags from the data): drop_image zeroes the image embedding before
+  cc_projection, drop_object zeroes the object latent, drop_text swaps the text for the embedding of "";
+  trained (UNet + cc_projection): eps_hat = UNet([q(z_t | z0) | conditions], t, [cc_proj(emb ++ T) | text]);
+  loss = mean over the batch of mean over (h, w, c) of (eps_hat - eps)^2.
+With grad_accum_steps = A the batch is cut into A micro-batches (sample i goes to micro-batch i mod A, so that
+every micro-batch stays spread over all devices) and a scan sums their gradients before one AdamW update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod
+from customnet_jax.train import sharding as shd
+from customnet_jax.train.optimizer import ema_update
+
+RAW_KEYS = ("target", "object", "location", "background", "view", "tokens", "drop_image", "drop_object",
+            "drop_text")
+PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
+                    "text_embedding", "view", "drop_image", "drop_object", "drop_text")
+
+
+def batch_form(batch: dict) -> str:
+    """'precomputed' (VAE posteriors and CLIP embeddings given) or 'raw' (images and tokens)."""
+    return "precomputed" if "target_mean" in batch else "raw"
+
+
+def latent_shape(config: Any, batch: dict) -> tuple[int, ...]:
+    b = batch["view"].shape[0]
+    if batch_form(batch) == "precomputed":
+        return tuple(batch["target_mean"].shape)
+    return (b, config.model.latent_size, config.model.latent_size, config.model.latent_channels)
+
+
+def _mask(flags: jax.Array, x: jax.Array) -> jax.Array:
+    """Zero the samples whose flag is set."""
+    keep = jnp.logical_not(flags).astype(x.dtype)
+    return x * keep.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def conditioning(model: Any, config: Any, batch: dict, null_text: jax.Array | None) -> dict:
+    """The frozen part of the step: latents and embeddings with the condition dropout applied (no gradient)."""
+    mc = config.model
+    if batch_form(batch) == "precomputed":
+        mean, logvar = batch["target_mean"], batch["target_logvar"]
+        location, background = batch["location_latent"], batch.get("background_latent")
+        image_embedding, text = batch["image_embedding"], batch.get("text_embedding")
+    else:
+        # one VAE pass over [target, location (, background)] of each sample, kept next to each other so that a
+        # device's rows stay on that device: (B, k, R, R, 3) -> (B k, R, R, 3)
+        names = ["target", "location"] + (["background"] if mc.has_background else [])
+        images = jnp.stack([batch[n] for n in names], axis=1)
+        means, logvars = model.encode(images.reshape(-1, *images.shape[2:]))
+        means = means.reshape(images.shape[0], len(names), *means.shape[1:])
+        mean, location = means[:, 0], means[:, 1]
+        logvar = logvars.reshape(means.shape)[:, 0]
+        background = means[:, 2] if mc.has_background else None
+        image_embedding = model.image_embedding(batch["object"])
+        text = None if mc.is_zero123 else model.encode_text(batch["tokens"])
+    z0 = mc.latent_scale * (mean + jnp.exp(0.5 * logvar) * batch["posterior_noise"])
+    conditions = [_mask(batch["drop_object"], location)]
+    if mc.has_background:
+        conditions.append(background)
+    out = {"z0": z0, "conditions": jnp.concatenate(conditions, axis=-1).astype(jnp.float32),
+           "image_embedding": _mask(batch["drop_image"], image_embedding.astype(jnp.float32)),
+           "view": batch["view"].astype(jnp.float32)}
+    if not mc.is_zero123:
+        drop = batch["drop_text"].reshape(-1, 1, 1)
+        out["text"] = jnp.where(drop, null_text.astype(jnp.float32), text.astype(jnp.float32))
+    return jax.tree.map(jax.lax.stop_gradient, out)
+
+
+def eps_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Array, alphas: jax.Array) -> jax.Array:
+    """The eps-prediction MSE: mean over (h, w, c), then over the batch."""
+    token = model.project_object(feats["image_embedding"], feats["view"])
+    context = model.context(token, feats.get("text"))
+    noisy = add_noise(feats["z0"], noise, timesteps, alphas)
+    eps = model.denoise(noisy, timesteps, feats["conditions"], context)
+    return jnp.mean(jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3)))
+
+
+def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
+    """t, eps and the posterior draw for the whole global batch (independent of the accumulation)."""
+    shape = latent_shape(config, batch)
+    k_t, k_eps, k_post = jax.random.split(key, 3)
+    return {"timesteps": jax.random.randint(k_t, (shape[0],), 0, config.diffusion.num_train_timesteps),
+            "noise": jax.random.normal(k_eps, shape, jnp.float32),
+            "posterior_noise": jax.random.normal(k_post, shape, jnp.float32)}
+
+
+def microbatches(tree: dict, steps: int, mesh: Mesh | None) -> dict:
+    """(B, ...) -> (steps, B / steps, ...); micro-batch j holds samples j, j + steps, j + 2 steps, ..."""
+
+    def cut(x):
+        y = x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1)
+        if mesh is not None:
+            y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P(None, shd.AXES)))
+        return y
+
+    return jax.tree.map(cut, tree)
+
+
+def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                 mesh: Mesh | None = None) -> Callable:
+    """The train step (state, frozen, batch) -> (state, metrics), not yet jitted."""
+    train = config.train
+    alphas_np = alphas_cumprod(config.diffusion)
+    accum = train.grad_accum_steps
+
+    def step_fn(state: dict, frozen: dict, batch: dict) -> tuple[dict, dict]:
+        params = state["params"]
+        key = jax.random.fold_in(state["rng"], state["step"])
+        batch = dict(batch, **draw_randomness(config, batch, key))
+        alphas = jnp.asarray(alphas_np)
+        null_text = frozen.get("null_text")
+
+        def loss_and_grad(micro: dict) -> tuple[jax.Array, Any]:
+            encoders = nnx.merge(graphdef, jax.lax.stop_gradient(params), frozen["params"])
+            feats = conditioning(encoders, config, micro, null_text)
+
+            def loss_of(p):
+                return eps_loss(nnx.merge(graphdef, p, frozen["params"]), feats, micro["timesteps"],
+                                micro["noise"], alphas)
+
+            return jax.value_and_grad(loss_of)(params)
+
+        if accum == 1:
+            loss, grads = loss_and_grad(batch)
+        else:
+            def body(carry, micro):
+                loss, grads = loss_and_grad(micro)
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, microbatches(batch, accum, mesh))
+            loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
+
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
+        if "ema" in state:
+            new_state["ema"] = ema_update(state["ema"], new_params, train.ema_decay)
+        return new_state, {"loss": loss, "grad_norm": grad_norm}
+
+    return step_fn
+
+
+def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: Any, batch_shardings: Any,
+             mesh: Mesh) -> Callable:
+    """jax.jit with explicit shardings; the old state is donated."""
+    metrics = {"loss": shd.replicated(mesh), "grad_norm": shd.replicated(mesh)}
+    return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                   out_shardings=(state_shardings, metrics), donate_argnums=(0,))
+
+
+def abstract_batch(batch: dict, mesh: Mesh, process_count: int = 1) -> dict:
+    """ShapeDtypeStructs of the global batch for one host's batch (to compile before the first step)."""
+    sharding = shd.batch_sharding(mesh)
+    return {k: jax.ShapeDtypeStruct((v.shape[0] * process_count, *v.shape[1:]), np.asarray(v).dtype,
+                                    sharding=sharding) for k, v in batch.items()}

@@ -1,0 +1,454 @@
+"""Training (issue 6): sharded steps equal the single-device step, exact resume after SIGKILL (between
+checkpoints and during an async save), two jax.distributed processes agree with one, a micro model overfits
+(then stops cleanly on SIGTERM), impossible configs are refused, init_from widens conv_in, AdamW with the 10x
+text K/V group matches torch, the condition dropout, bf16 compute keeps float32 master weights.
+
+The heavy checks run train.py (or a helper under tests/) in subprocesses with fast-compiling XLA flags and
+the persistent compilation cache: the 8-device script runs in the background while the train.py runs go on
+in the foreground (2 cores). Model: tests/train_micro_config.py (16 px, 8x8x4 latents, 254k trained params).
+TRAIN_TEST_JAX_CACHE=<dir> points the subprocesses at another compilation cache (an empty one: a cold run).
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from train_micro_config import get_config, micro_model  # noqa: E402
+
+from customnet_jax.train import optimizer as opt  # noqa: E402
+from customnet_jax.train import sharding as shd  # noqa: E402
+from customnet_jax.train import state as st  # noqa: E402
+from customnet_jax.train.step import conditioning  # noqa: E402
+
+# Compile time dominates these tests (XLA CPU codegen of ~2k kernels per step): -O0 codegen halves it.
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+COMMON = ["--config", "tests/train_micro_config.py", "--synthetic-data", "precomputed", "--synthetic-examples", "16"]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA, PYTHONUNBUFFERED="1",
+               JAX_COMPILATION_CACHE_DIR=os.environ.get("TRAIN_TEST_JAX_CACHE", str(ROOT / ".cache" / "jax")),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env
+
+
+class Job:
+    """A subprocess whose output lines are collected by a thread (so that we can wait for a marker)."""
+
+    started: list["Job"] = []
+
+    def __init__(self, args: list[str]):
+        self.proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=ROOT, env=_env(), text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        Job.started.append(self)
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, marker: str, timeout: float = 300) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(marker in line for line in self.lines):
+                return self.output
+            if self.proc.poll() is not None:
+                self.thread.join(5)
+                if any(marker in line for line in self.lines):
+                    return self.output
+                raise AssertionError(f"exited ({self.proc.returncode}) before {marker!r}:\n{self.output[-4000:]}")
+            time.sleep(0.05)
+        self.proc.kill()
+        raise AssertionError(f"no {marker!r} within {timeout} s:\n{self.output[-4000:]}")
+
+    def finish(self, timeout: float = 400) -> str:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.thread.join(10)
+        assert self.proc.returncode == 0, f"exit {self.proc.returncode}:\n{self.output[-4000:]}"
+        return self.output
+
+    def sigkill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        assert self.proc.returncode == -signal.SIGKILL
+
+
+def _metrics(workdir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _folder_params(path: pathlib.Path) -> dict:
+    return st.read_init_folder(path)
+
+
+def _checkpoint_entries(workdir: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.is_dir())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leftover_jobs():
+    """A failed test must not leave a paused training process behind."""
+    yield
+    for job in Job.started:
+        if job.proc.poll() is None:
+            job.proc.kill()
+            job.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def sharded_job():
+    """tests/train_sharded.py (8 simulated devices), started early: it runs beside the train.py tests."""
+    job = Job(["tests/train_sharded.py"])
+    yield job
+    if job.proc.poll() is None:
+        job.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(sharded_job, tmp_path_factory):
+    """An uninterrupted 8-step run: checkpoints every 3 steps, a loss line per step, the exported model."""
+    del sharded_job  # only started here
+    workdir = tmp_path_factory.mktemp("reference")
+    output = Job(["train.py", *COMMON, "--workdir", workdir]).finish()
+    return {"workdir": workdir, "output": output, "losses": {m["step"]: m["loss"] for m in _metrics(workdir)}}
+
+
+# ------------------------------------------------------------------------------------------- cheap checks
+
+
+def test_refuses_configs_that_cannot_run(tmp_path, capsys):
+    config = get_config()  # batch 8
+
+    def problems(devices, data=-1, fsdp=1, **train):
+        import dataclasses
+
+        c = dataclasses.replace(config, mesh=dataclasses.replace(config.mesh, data=data, fsdp=fsdp),
+                                train=dataclasses.replace(config.train, **train))
+        with pytest.raises(shd.ConfigError) as error:
+            shd.check_config(c, devices)
+        return str(error.value)
+
+    assert "not divisible by the data-parallel size 8" in problems(8, batch_size=12)
+    assert "needs 16 devices but only 8 exist" in problems(8, data=4, fsdp=4)
+    assert "grad_accum_steps=3 does not divide the per-device batch 4" in problems(2, grad_accum_steps=3)
+    assert "fsdp=3 does not divide the 8 devices" in problems(8, fsdp=3)
+    assert shd.check_config(config, 8) == (8, 1)
+    assert shd.check_config(config, 8, 1) == (8, 1)
+
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:  # refused by the CLI before anything is built or compiled
+        train.main(["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--mesh-data", "2",
+                    "--mesh-fsdp", "2", "--synthetic-data", "precomputed"])
+    assert exit_info.value.code == 2
+    assert "needs 4 devices but only 1 exist" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sharding_rules():
+    big = shd.partition_spec(("unet", "conv_in", "kernel"), (3, 3, 8, 320), 4, 1024)
+    assert big == shd.P(None, None, None, "fsdp")  # largest divisible dimension
+    assert shd.partition_spec(("x", "kernel"), (768, 1280), 4, 1024) == shd.P(None, "fsdp")
+    assert shd.partition_spec(("x", "kernel"), (772, 768), 8, 1024) == shd.P(None, "fsdp")  # 772 % 8 != 0
+    assert shd.partition_spec(("x", "bias"), (1280,), 4, 1024) == shd.P()  # 1-D: replicated
+    assert shd.partition_spec(("x", "kernel"), (16, 16), 4, 1024) == shd.P()  # small: replicated
+    assert shd.partition_spec(("x", "kernel"), (768, 1280), 1, 1024) == shd.P()  # no fsdp axis
+
+
+def test_adamw_with_text_kv_group_matches_torch():
+    """optax chain (AdamW, then x10 on to_k_text / to_v_text) vs torch.optim.AdamW with two param groups."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    params = {"attn": {"to_k_text": {"kernel": rng.standard_normal((4, 3)).astype(np.float32)},
+                       "to_q": {"kernel": rng.standard_normal((4, 3)).astype(np.float32)}},
+              "bias": rng.standard_normal(3).astype(np.float32)}
+    grads = [jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), params) for _ in range(3)]
+    train = get_config(learning_rate=1e-2, weight_decay=0.1, warmup_steps=0).train
+    tx = opt.make_optimizer(train, params)
+    ours, state = jax.tree.map(jnp.asarray, params), tx.init(params)
+    update = jax.jit(tx.update)
+    for g in grads:
+        updates, state = update(g, state, ours)
+        ours = jax.tree.map(jnp.add, ours, updates)
+
+    text = torch.nn.Parameter(torch.tensor(params["attn"]["to_k_text"]["kernel"]))
+    rest = [torch.nn.Parameter(torch.tensor(params["attn"]["to_q"]["kernel"])),
+            torch.nn.Parameter(torch.tensor(params["bias"]))]
+    torch_opt = torch.optim.AdamW([{"params": rest}, {"params": [text], "lr": 10 * train.learning_rate}],
+                                  lr=train.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    for g in grads:
+        for p, value in zip([rest[0], rest[1], text], [g["attn"]["to_q"]["kernel"], g["bias"],
+                                                       g["attn"]["to_k_text"]["kernel"]], strict=True):
+            p.grad = torch.tensor(value)
+        torch_opt.step()
+    # measured: max |difference| 2.0e-6 at lr 0.1 (text K/V), 2e-7 at lr 0.01: optax forms the bias correction
+    # 1 - 0.999^t in float32 (0.999 is 0.99900001 there), torch in float64; torch is within 1.5e-7 of a float64
+    # AdamW. A missing 10x, a coupled weight decay or a wrong beta gives differences of ~1e-2.
+    np.testing.assert_allclose(ours["attn"]["to_k_text"]["kernel"], text.detach().numpy(), atol=5e-6)
+    np.testing.assert_allclose(ours["attn"]["to_q"]["kernel"], rest[0].detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(ours["bias"], rest[1].detach().numpy(), atol=1e-6)
+    moved_text = np.abs(ours["attn"]["to_k_text"]["kernel"] - params["attn"]["to_k_text"]["kernel"]).mean()
+    moved_q = np.abs(ours["attn"]["to_q"]["kernel"] - params["attn"]["to_q"]["kernel"]).mean()
+    assert moved_text > 5 * moved_q  # the 10x group really moves faster
+
+
+def test_condition_dropout_and_target_latent():
+    """SPEC §7 drops on precomputed features: image embedding zeroed before cc_projection, object latent
+    zeroed, caption -> embedding of ""; background kept; z0 = scale (mean + exp(logvar / 2) n)."""
+    config = get_config()
+    rng = np.random.default_rng(1)
+    b, h, d = 3, 8, 16
+    batch = {"target_mean": rng.standard_normal((b, h, h, 4)), "target_logvar": rng.standard_normal((b, h, h, 4)),
+             "location_latent": rng.standard_normal((b, h, h, 4)) + 3,
+             "background_latent": rng.standard_normal((b, h, h, 4)),
+             "image_embedding": rng.standard_normal((b, d)) + 3, "text_embedding": rng.standard_normal((b, 77, d)),
+             "view": rng.standard_normal((b, 4)), "posterior_noise": rng.standard_normal((b, h, h, 4)),
+             "drop_image": np.array([True, False, False]), "drop_object": np.array([False, True, False]),
+             "drop_text": np.array([False, False, True])}
+    batch = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in batch.items()}
+    null_text = jnp.full((1, 77, d), 7.0)
+    feats = jax.tree.map(np.asarray, conditioning(None, config, batch, null_text))
+    assert np.all(feats["image_embedding"][0] == 0) and np.all(feats["image_embedding"][1:] != 0)
+    assert np.all(feats["conditions"][1] == 0) and np.all(feats["conditions"][[0, 2]] != 0)
+    np.testing.assert_array_equal(feats["text"][2], null_text[0])
+    np.testing.assert_array_equal(feats["text"][:2], batch["text_embedding"][:2])
+    np.testing.assert_array_equal(feats["view"], batch["view"])  # T is kept when the image is dropped
+    expected = 0.18215 * (batch["target_mean"] + np.exp(0.5 * batch["target_logvar"]) * batch["posterior_noise"])
+    np.testing.assert_allclose(feats["z0"], expected, rtol=1e-6, atol=1e-7)
+
+    import dataclasses
+
+    composition = dataclasses.replace(config, model=micro_model(in_channels=12))
+    feats = jax.tree.map(np.asarray, conditioning(None, composition, batch, null_text))
+    assert feats["conditions"].shape == (b, h, h, 8)  # [object | background]
+    np.testing.assert_array_equal(feats["conditions"][1, ..., 4:], batch["background_latent"][1])  # never dropped
+
+
+def test_init_from_model_folder_widens_conv_in(tmp_path):
+    """A converted 8-channel CustomNet folder initialises the 12-channel composition model (zeros on the new
+    channels); a Zero-1-to-3 folder initialises CustomNet with fresh text K/V and text encoder."""
+    import dataclasses
+
+    from flax import traverse_util
+
+    from customnet_jax.model_folder import save_model_folder
+
+    source_config = get_config()
+    _, shapes = st.graphdef_and_shapes(source_config)
+    source, _ = st.initial_params(dataclasses.replace(source_config, train=dataclasses.replace(
+        source_config.train, seed=5)), shapes)
+    save_model_folder(tmp_path / "m8", traverse_util.unflatten_dict(source), source_config.model)
+
+    wide = dataclasses.replace(source_config, model=micro_model(in_channels=12))
+    _, wide_shapes = st.graphdef_and_shapes(wide)
+    params, report = st.initial_params(wide, wide_shapes, folder_params=st.read_init_folder(tmp_path / "m8"),
+                                       source="m8")
+    conv_in = params[("unet", "conv_in", "kernel")]
+    assert conv_in.shape[2] == 12 and report.widened == [("unet", "conv_in", "kernel")]
+    np.testing.assert_array_equal(conv_in[:, :, :8], source[("unet", "conv_in", "kernel")])
+    assert not conv_in[:, :, 8:].any()
+    assert not report.fresh and len(report.loaded) == len(source) - 1
+    for path in report.loaded:
+        np.testing.assert_array_equal(params[path], source[path])
+
+    zero123 = dataclasses.replace(source_config, model=micro_model(text=False))
+    _, z_shapes = st.graphdef_and_shapes(zero123)
+    z_params, _ = st.initial_params(zero123, z_shapes)
+    save_model_folder(tmp_path / "z", traverse_util.unflatten_dict(z_params), zero123.model)
+    params, report = st.initial_params(source_config, shapes, folder_params=st.read_init_folder(tmp_path / "z"),
+                                       source="z")
+    fresh = {"/".join(map(str, p)) for p in report.fresh}
+    assert all("text" in p for p in fresh) and any("to_k_text" in p for p in fresh)
+    assert any(p.startswith("text_encoder/") for p in fresh)
+    np.testing.assert_array_equal(params[("unet", "conv_in", "kernel")], z_params[("unet", "conv_in", "kernel")])
+
+
+def test_bfloat16_and_remat_switches_keep_float32_master_weights():
+    """compute_dtype=bfloat16 builds the model computing in bf16 (remat on): the traced step (no compile)
+    keeps float32 parameters, optimizer moments and loss."""
+    from flax import nnx
+
+    from customnet_jax.models.build import abstract_model
+    from customnet_jax.train.step import make_step_fn
+
+    config = get_config(compute_dtype="bfloat16", remat=True)
+    model = abstract_model(st.model_builder(config.model, "bfloat16", remat=True))
+    assert model.unet.dtype == jnp.bfloat16 and model.unet.remat
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
+
+    graphdef, shapes = st.graphdef_and_shapes(config)
+    trainable, frozen = st.split_params({p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in shapes.items()})
+    tx = opt.make_optimizer(config.train, trainable)
+    state = jax.eval_shape(lambda p: st.new_state(p, tx, 0, ema=False), trainable)
+    b, r = 2, config.model.resolution
+
+    def spec(*shape, dtype=jnp.float32):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    batch = {**{k: spec(b, r, r, 3) for k in ("target", "object", "location", "background")}, "view": spec(b, 4),
+             "tokens": spec(b, 77, dtype=jnp.int32),
+             **{k: spec(b, dtype=jnp.bool_) for k in ("drop_image", "drop_object", "drop_text")}}
+    frozen = {"params": frozen, "null_text": spec(1, 77, config.model.context_dim)}
+    new_state, metrics = jax.eval_shape(make_step_fn(config, graphdef, tx), state, frozen, batch)
+    assert {x.dtype for x in jax.tree.leaves(new_state["params"])} == {jnp.dtype("float32")}
+    assert {x.dtype for x in jax.tree.leaves(new_state["opt_state"]) if x.ndim} == {jnp.dtype("float32")}
+    assert metrics["loss"].dtype == jnp.float32
+
+
+def test_mfu_helpers():
+    from customnet_jax.train import loop
+
+    assert loop.peak_flops("cpu") is None
+    assert loop.peak_flops("NVIDIA H100 80GB HBM3") == 989e12 and loop.peak_flops("TPU v5 lite") == 197e12
+
+    class Compiled:
+        def cost_analysis(self):
+            return {"flops": 1e9}
+
+    assert loop.step_flops(Compiled(), 4) == 4e9  # a scan body is counted once by XLA
+
+
+# ------------------------------------------------------------------------------------------ subprocess runs
+
+
+def test_reference_run_logs_and_exports(reference):
+    """The progress line, the JSON lines, the checkpoints kept and the exported model folder."""
+    out = reference["output"]
+    assert "step 8/8 | loss " in out and "samples/s | MFU n/a" in out and "compiled the train step" in out
+    assert sorted(reference["losses"]) == list(range(1, 9))
+    record = _metrics(reference["workdir"])[-1]
+    assert {"step", "loss", "lr", "grad_norm", "samples_per_s", "mfu"} <= set(record)
+    assert _checkpoint_entries(reference["workdir"]) == ["3", "6", "8"]
+    from customnet_jax.model_folder import read_folder
+
+    folder = read_folder(reference["workdir"] / "model")
+    assert folder.model == get_config().model and folder.provenance["step"] == 8
+
+
+def test_sigkill_between_checkpoints_and_during_async_save_then_exact_resume(reference, tmp_path):
+    """Kill 1: after step 5 (checkpoint 3 complete, none in flight). Kill 2: the resumed run is killed after
+    step 7 while the async save of step 6 is still being finalised. The next run resumes from 3 (the half-
+    written 6 is never taken) and every loss ever logged equals the uninterrupted run's at that step, bit for
+    bit; the final weights are identical."""
+    workdir = tmp_path / "run"
+    run = ["tests/train_run.py", *COMMON, "--workdir", workdir]
+
+    job = Job([*run, "--pause-after-step", "5", "--wait-checkpoint", "3"])
+    job.wait_for("PAUSED 5")
+    assert _checkpoint_entries(workdir) == ["3"]
+    job.sigkill()
+
+    job = Job([*run, "--pause-after-step", "7", "--block-finalize-step", "6"])
+    job.wait_for("PAUSED 7")
+    out = job.wait_for("BLOCKED-FINALIZE 6")  # checkpoint 6 is written but not yet committed (renamed)
+    assert "resumed from the checkpoint of step 3" in out
+    entries = _checkpoint_entries(workdir)
+    assert "3" in entries and "6" not in entries and any(e.startswith("6.") and "tmp" in e for e in entries)
+    job.sigkill()
+
+    out = Job(["train.py", *COMMON, "--workdir", workdir]).finish()
+    assert "resumed from the checkpoint of step 3" in out
+    assert _checkpoint_entries(workdir) == ["3", "6", "8"]  # the leftover temporary folder is gone
+
+    logged = _metrics(workdir)
+    assert {m["step"] for m in logged} == set(range(1, 9))
+    assert len(logged) == 5 + 4 + 5  # steps 1-5, 4-7, 4-8
+    for m in logged:
+        assert m["loss"] == reference["losses"][m["step"]], m
+    ours, theirs = _folder_params(workdir / "model"), _folder_params(reference["workdir"] / "model")
+    assert ours.keys() == theirs.keys()
+    for path in ours:
+        np.testing.assert_array_equal(ours[path], theirs[path])
+
+
+def test_two_processes_agree_with_one(reference, tmp_path):
+    """Two local jax.distributed processes (one CPU device each, mesh data=2), each feeding its half of the
+    global batch, with 2 micro-batches of accumulation, against the one-process run (no accumulation)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "two"
+    jobs = [Job(["train.py", *COMMON, "--workdir", workdir, "--coordinator", f"127.0.0.1:{port}",
+                 "--num-processes", "2", "--process-id", str(i), "--set", "train.num_steps=4",
+                 "--set", "train.grad_accum_steps=2"]) for i in (0, 1)]
+    outputs = [job.finish() for job in jobs]
+    assert "mesh {'data': 2, 'fsdp': 1} over 2 cpu device(s), 2 host(s)" in outputs[0]
+    losses = {m["step"]: m["loss"] for m in _metrics(workdir)}
+    assert sorted(losses) == [1, 2, 3, 4]
+    # measured: relative differences ~1e-7 (reduction order)
+    np.testing.assert_allclose([losses[s] for s in range(1, 5)], [reference["losses"][s] for s in range(1, 5)],
+                               rtol=2e-5)
+    # every host wrote its data-iterator state into the checkpoint
+    assert sorted(p.name for p in (workdir / "checkpoints" / "3" / "data_iter").glob("*.json")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+    two = _folder_params(workdir / "model")
+    assert len(two) == len(_folder_params(reference["workdir"] / "model"))
+
+
+def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(reference, tmp_path):
+    """4 examples, no condition dropout, lr 3e-3: after 150 steps the loss has fallen by more than 10x. Then
+    SIGTERM (preemption): the run writes a checkpoint of the step it reached and exits cleanly."""
+    del reference  # reuses its compiled step from the persistent cache
+    workdir = tmp_path / "overfit"
+    args = ["train.py", "--config", "tests/train_micro_config.py", "--synthetic-data", "precomputed",
+            "--synthetic-examples", "4", "--workdir", workdir, "--set", "train.num_steps=1000",
+            "--set", "train.checkpoint_every=1000", "--set", "train.image_dropout=0.0",
+            "--set", "train.object_latent_dropout=(0.0,0.0)", "--set", "train.text_dropout=0.0"]
+    job = Job(args)
+    job.wait_for("step 150/1000")
+    job.proc.send_signal(signal.SIGTERM)
+    out = job.finish()
+    logged = _metrics(workdir)
+    stopped = logged[-1]["step"]
+    assert [m["step"] for m in logged] == list(range(1, stopped + 1)) and 150 <= stopped < 1000
+    assert f"checkpoint of step {stopped} started (preempted)" in out and not (workdir / "model").exists()
+    assert _checkpoint_entries(workdir) == [str(stopped)]
+    losses = [m["loss"] for m in logged[:150]]
+    first, last = losses[0], float(np.mean(losses[-10:]))
+    # measured: first 0.976, mean of steps 141-150 ~0.06
+    assert last < first / 10, (first, last)
+
+
+def test_sharded_steps_equal_the_single_device_step(sharded_job):
+    """3 steps (AdamW, warm-up, clipping, EMA; raw batches from the data pipeline, so the frozen VAE and CLIPs
+    run sharded too) on meshes 2x4 (FSDP) and 8x1 (data parallel) of 8 simulated devices vs 1 device: same
+    losses, parameters within float32 tolerance."""
+    sharded_job.finish(timeout=600)
+    runs = {r["mesh"]: r for r in map(json.loads, (line for line in sharded_job.lines if line.startswith("{")))}
+    single, fsdp, data = runs["1x1"], runs["2x4"], runs["8x1"]
+    assert single["params_moved"] > 0.6 * single["params_total"]  # the comparison covers most parameters
+    for run in (fsdp, data):
+        assert run["devices"] == 8 and run["batch_spec"] == "P(('data', 'fsdp'),)"
+        np.testing.assert_allclose(run["losses"], single["losses"], rtol=1e-6)
+        # measured: max |diff| 1.5e-8; difference / size of the 3 updates (L2 over all parameters) 7.4e-7;
+        # worst leaf relative L2 1.1e-6
+        assert run["max_abs_diff"] < 1e-6 and run["rel_l2_of_update"] < 1e-5 and run["max_rel_l2"] < 1e-5, run
+        assert run["moments_follow_params"]  # the optimizer state has the parameters' shardings
+    assert fsdp["params_split_over_fsdp"] > 50 and fsdp["frozen_split_over_fsdp"] > 20
+    assert data["params_split_over_fsdp"] == 0
