@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample test lint install
+.PHONY: sample test lint install demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ sample: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
+
+# the built-in demo model, from nothing (about 2 hours on 2 CPU cores); resumes if interrupted
+demo-model: $(STAMP)
+	$(VENV)/bin/python -m customnet_jax.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
