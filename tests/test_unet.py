@@ -4,9 +4,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
-from diffusers import UNet2DConditionModel
-from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from flax import nnx
 
 from customnet_jax.models.build import abstract_model, model_with_params
@@ -16,8 +13,8 @@ from customnet_jax.weights.params import param_shapes
 from customnet_jax.weights.unet_names import unet_rules
 from tests.helpers import rel_l2
 from tests.reference_state import reference_shapes
+from tests.torch_reference import LDM, diffusers_unet, random_ldm_state, reference_output
 
-LDM = "model.diffusion_model."
 TINY = UNetConfig(in_channels=8, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=2,
                   attention_levels=(0, 1), num_heads=4, context_dim=32, norm_groups=8)
 TEXT_TOKENS = 7
@@ -42,74 +39,6 @@ def test_rules_cover_released_checkpoint_exactly():
     assert expected == released
 
 
-class DualCrossAttention(torch.nn.Module):
-    """Test-side reference of SPEC §3 as a diffusers attention processor: two softmaxes, outputs summed."""
-
-    def __init__(self, to_k_text: torch.Tensor, to_v_text: torch.Tensor):
-        super().__init__()
-        self.to_k_text = torch.nn.Linear(to_k_text.shape[1], to_k_text.shape[0], bias=False)
-        self.to_v_text = torch.nn.Linear(to_v_text.shape[1], to_v_text.shape[0], bias=False)
-        self.to_k_text.weight.data = to_k_text
-        self.to_v_text.weight.data = to_v_text
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        def heads(x):
-            return x.view(x.shape[0], x.shape[1], attn.heads, -1).transpose(1, 2)
-
-        def sdpa(q, k, v):
-            out = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v))
-            return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
-
-        q = attn.to_q(hidden_states)
-        image, text = encoder_hidden_states[:, :1], encoder_hidden_states[:, 1:]
-        out = sdpa(q, attn.to_k(image), attn.to_v(image)) + sdpa(q, self.to_k_text(text), self.to_v_text(text))
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-def random_ldm_state(config: UNetConfig, seed: int) -> dict[str, np.ndarray]:
-    """Random LDM-layout UNet weights for `config` (norm scales around 1 so nothing degenerates)."""
-    shapes = R.expected_torch_shapes(unet_rules(config), param_shapes(abstract_model(
-        lambda: UNet(config, rngs=nnx.Rngs(0)))))
-    rng = np.random.default_rng(seed)
-    state = {}
-    for key, shape in shapes.items():
-        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-        value = rng.normal(size=shape) / np.sqrt(fan_in)
-        if "norm" in key or "in_layers.0" in key or "out_layers.0" in key or key.startswith("out.0"):
-            value = (1.0 + 0.1 * rng.normal(size=shape)) if key.endswith("weight") else 0.1 * rng.normal(size=shape)
-        state[key] = value.astype(np.float32)
-    return state
-
-
-def diffusers_unet(config: UNetConfig, ldm_state: dict[str, np.ndarray]) -> UNet2DConditionModel:
-    """The reference: diffusers' UNet loaded through diffusers' own LDM converter, dual attention attached."""
-    levels = len(config.channel_mult)
-    down = ["CrossAttnDownBlock2D" if lvl in config.attention_levels else "DownBlock2D" for lvl in range(levels)]
-    up = ["CrossAttnUpBlock2D" if lvl in config.attention_levels else "UpBlock2D" for lvl in reversed(range(levels))]
-    kwargs = dict(in_channels=config.in_channels, out_channels=config.out_channels, down_block_types=down,
-                  up_block_types=up, block_out_channels=[config.model_channels * m for m in config.channel_mult],
-                  layers_per_block=config.num_res_blocks, cross_attention_dim=config.context_dim,
-                  attention_head_dim=config.num_heads, norm_num_groups=config.norm_groups, norm_eps=1e-5,
-                  flip_sin_to_cos=True, freq_shift=0)
-    model = UNet2DConditionModel(**kwargs)
-    converted = convert_ldm_unet_checkpoint({LDM + k: torch.from_numpy(v) for k, v in ldm_state.items()},
-                                            dict(model.config))
-    text_kv = {k: converted.pop(k) for k in list(converted) if "_text." in k}
-    model.load_state_dict(converted, strict=True)
-    if config.text_context:
-        processors = {}
-        for name in model.attn_processors:
-            if name.endswith("attn2.processor"):
-                base = name[: -len("processor")]
-                processors[name] = DualCrossAttention(text_kv[base + "to_k_text.weight"],
-                                                      text_kv[base + "to_v_text.weight"])
-            else:
-                processors[name] = model.attn_processors[name]
-        assert sum(isinstance(p, DualCrossAttention) for p in processors.values()) == len(text_kv) // 2 > 0
-        model.set_attn_processor(processors)
-    return model.eval()
-
-
 def our_unet(config: UNetConfig, ldm_state: dict[str, np.ndarray]) -> UNet:
     build = lambda: UNet(config, rngs=nnx.Rngs(0))
     shapes = param_shapes(abstract_model(build))
@@ -126,13 +55,6 @@ def inputs(config: UNetConfig, seed: int = 0):
     timesteps = np.array([3, 917], dtype=np.int32)
     context = rng.normal(size=(2, tokens, config.context_dim)).astype(np.float32)
     return x, timesteps, context
-
-
-def reference_output(model: UNet2DConditionModel, x, timesteps, context) -> np.ndarray:
-    with torch.no_grad():
-        out = model(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(timesteps).long(),
-                    encoder_hidden_states=torch.from_numpy(context)).sample
-    return out.permute(0, 2, 3, 1).numpy()
 
 
 MODES = {

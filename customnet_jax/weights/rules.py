@@ -102,12 +102,36 @@ def expected_torch_shapes(rules: list[Rule], param_shapes: Mapping[Path, tuple[i
     return shapes
 
 
+def summarize_keys(keys: Iterable[str], max_groups: int = 8, max_patterns: int = 4) -> str:
+    """Checkpoint keys grouped by top-level module, numbers folded to `*`, with counts: a few lines, not 700.
+
+    e.g. `model (32): diffusion_model.input_blocks.*.1.transformer_blocks.*.attn2.to_k_text.weight x6, ...`
+    """
+    groups: dict[str, dict[str, int]] = {}
+    for key in keys:
+        module, _, rest = key.partition(".")
+        pattern = ".".join("*" if part.isdigit() else part for part in rest.split(".")) if rest else ""
+        counts = groups.setdefault(module, {})
+        counts[pattern] = counts.get(pattern, 0) + 1
+    lines = []
+    ordered = sorted(groups.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    for module, patterns in ordered[:max_groups]:
+        ranked = sorted(patterns.items(), key=lambda item: (-item[1], item[0]))
+        shown = ", ".join((f"{p} x{n}" if n > 1 else p) if p else "(the key itself)" for p, n in ranked[:max_patterns])
+        more = f", ... {len(ranked) - max_patterns} more patterns" if len(ranked) > max_patterns else ""
+        lines.append(f"    {module} ({sum(patterns.values())}): {shown}{more}")
+    if len(ordered) > max_groups:
+        lines.append(f"    ... {len(ordered) - max_groups} more modules")
+    return "\n".join(lines)
+
+
 def import_tensors(tensors: Mapping[str, Any], rules: list[Rule], param_shapes: Mapping[Path, tuple[int, ...]],
                    ignore: Iterable[str] = (), dtype: Any = np.float32) -> dict[Path, np.ndarray]:
     """Checkpoint tensors (name -> array-like, read lazily) -> our parameters (path -> numpy array).
 
     `ignore` holds fnmatch patterns of keys we deliberately drop (schedule buffers, position ids...).
-    Raises CheckpointMismatchError naming every missing, unexpected or wrongly shaped key.
+    Raises CheckpointMismatchError naming the missing, unexpected (grouped by module) or wrongly shaped keys;
+    names and shapes (a `.shape` attribute, if the values have one) are all checked before any data is read.
     """
     check_coverage(rules, param_shapes)
     expected = expected_torch_shapes(rules, param_shapes)
@@ -115,10 +139,25 @@ def import_tensors(tensors: Mapping[str, Any], rules: list[Rule], param_shapes: 
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(k for k in set(tensors) - set(expected) if not any(fnmatch.fnmatchcase(k, p) for p in ignore))
     if missing or unexpected:
-        raise CheckpointMismatchError(
-            f"checkpoint does not match the model config: {len(missing)} missing keys {missing[:8]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:8]}. Check that the config (e.g. in_channels, "
-            "zero123 vs CustomNet) matches the checkpoint, or pass the right --format.")
+        parts = ["checkpoint does not match the model config:"]
+        if missing:
+            parts.append(f"  {len(missing)} missing keys (the model needs them, the checkpoint lacks them):\n"
+                         + summarize_keys(missing))
+        if unexpected:
+            parts.append(f"  {len(unexpected)} unexpected keys (in the checkpoint, not in the model):\n"
+                         + summarize_keys(unexpected))
+        parts.append("  Check that the config (e.g. in_channels, zero123 vs CustomNet) matches the checkpoint, "
+                     "or pass the right --format.")
+        raise CheckpointMismatchError("\n".join(parts))
+    wrong = []
+    for key, shape in expected.items():
+        have = getattr(tensors[key], "shape", None)
+        if have is not None and tuple(have) != tuple(shape):
+            wrong.append(f"    {key}: shape {tuple(have)} in the checkpoint, the model config expects {tuple(shape)}")
+    if wrong:
+        more = [f"    ... {len(wrong) - 10} more"] if len(wrong) > 10 else []
+        raise CheckpointMismatchError("\n".join([f"checkpoint does not match the model config: {len(wrong)} tensors "
+                                                 "have the wrong shape:", *wrong[:10], *more]))
     params: dict[Path, np.ndarray] = {}
     for rule in rules:
         tensor = np.asarray(tensors[rule.torch_key])
