@@ -48,22 +48,25 @@ def setup():
     return config, our_unet(config, state), diffusers_unet(config, state), data
 
 
+@nnx.jit
+def guided_ddim(unet, x_T, conditions, context, noises, timesteps, alphas, alphas_prev, sigmas):
+    """Our sampler with batched cond/uncond guidance; one compile per number of steps."""
+    def eps_fn(x, t):
+        out = unet(jnp.concatenate([jnp.tile(x, (2, 1, 1, 1)), conditions], -1), jnp.tile(t, 2), context)
+        cond, uncond = jnp.split(out, 2)
+        return uncond + GUIDANCE * (cond - uncond)
+
+    plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas)
+    return ddim.sample(eps_fn, x_T, plan, noises=noises)
+
+
 def ours(unet, data, eta: float, schedule: str) -> np.ndarray:
     plan = ddim.ddim_schedule(alphas_cumprod(DiffusionConfig()), STEPS, eta, schedule)
-    conditions = jnp.concatenate([data["object_latent"], np.zeros_like(data["object_latent"])])
-    context = jnp.concatenate([data["context"], data["null_context"]])
-
-    @nnx.jit
-    def run(unet, x_T, noises):
-        def eps_fn(x, t):
-            out = unet(jnp.concatenate([jnp.tile(x, (2, 1, 1, 1)), conditions], -1), jnp.tile(t, 2), context)
-            cond, uncond = jnp.split(out, 2)
-            return uncond + GUIDANCE * (cond - uncond)
-
-        return ddim.sample(eps_fn, x_T, plan, noises=noises)
-
-    noises = data["noises"][: plan.num_steps] if eta else None
-    return np.asarray(run(unet, data["x_T"], noises))
+    conditions = np.concatenate([data["object_latent"], np.zeros_like(data["object_latent"])])
+    context = np.concatenate([data["context"], data["null_context"]])
+    noises = data["noises"][: plan.num_steps]  # multiplied by sigma = 0 when eta = 0
+    return np.asarray(guided_ddim(unet, data["x_T"], conditions, context, noises, plan.timesteps, plan.alphas,
+                                  plan.alphas_prev, plan.sigmas))
 
 
 def reference(model, data, eta: float, schedule: str) -> np.ndarray:
