@@ -1,42 +1,34 @@
 """CLIP text / vision encoders vs transformers' PyTorch CLIP, the checkpoint names, and the tokenizer."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 from flax import nnx
 
+from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPImageEncoder, CLIPTextConfig, CLIPTextEncoder, CLIPVisionConfig
 from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.weights.clip_names import clip_text_rules, clip_vision_openai_rules, clip_vision_transformers_rules
 from customnet_jax.weights.params import param_shapes, set_params
 from customnet_jax.weights.rules import expected_torch_shapes, import_tensors, prefixed
 from tests.helpers import rel_l2, torch_state_to_numpy
+from tests.reference_state import reference_shapes
+from tests.torch_reference import clip_text, clip_vision, openai_visual_state
 
-TSV = pathlib.Path(__file__).parent / "data" / "customnet_v1_state_dict.tsv"
 TEXT = CLIPTextConfig(vocab_size=1000, width=32, layers=2, heads=4, mlp_dim=64, max_length=77)
 VISION = CLIPVisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64, projection_dim=16)
 
 
 def checkpoint_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
     """key -> shape of the released customnet_v1.pt tensors under `prefix`."""
-    shapes = {}
-    for line in TSV.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        key, shape, _ = line.split("\t")
-        if key.startswith(prefix):
-            shapes[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
-    return shapes
+    return {k: v for k, v in reference_shapes().items() if k.startswith(prefix)}
 
 
 def abstract(model_cls, config):
     """The model with shape-only parameters (nothing allocated, no initializer compiled)."""
-    return nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
+    return abstract_model(lambda: model_cls(config, rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")
@@ -73,16 +65,6 @@ def test_rules_reproduce_checkpoint_keys(full_size):
         "logit_scale"}
 
 
-def randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Move layer norms and biases off their trivial 1 / 0 init so that a mis-mapped one shows."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
-
-
 def build(model_cls, config, tensors: dict, rules, ignore=()) -> nnx.Module:
     """Our model holding the reference's weights (built abstractly: every parameter comes from `tensors`)."""
     model = abstract(model_cls, config)
@@ -99,13 +81,7 @@ def forward(model, x):
 
 @pytest.fixture(scope="module")
 def text_reference():
-    torch.manual_seed(0)
-    config = transformers.CLIPTextConfig(vocab_size=TEXT.vocab_size, hidden_size=TEXT.width,
-                                         intermediate_size=TEXT.mlp_dim, num_hidden_layers=TEXT.layers,
-                                         num_attention_heads=TEXT.heads, max_position_embeddings=TEXT.max_length,
-                                         hidden_act="quick_gelu", layer_norm_eps=1e-5,
-                                         bos_token_id=998, eos_token_id=999, pad_token_id=999)
-    model = randomise(transformers.CLIPTextModel(config))
+    model = clip_text(TEXT, seed=0)
     tokens = np.random.default_rng(0).integers(0, TEXT.vocab_size, (2, TEXT.max_length)).astype(np.int32)
     with torch.no_grad():
         full = model(input_ids=torch.from_numpy(tokens).long()).last_hidden_state.numpy()
@@ -133,36 +109,9 @@ def test_text_wrong_layer_norm_eps_breaks_parity(text_reference):
 
 # ---- vision ----
 
-def to_openai_layout(hf: dict[str, np.ndarray], layers: int) -> dict[str, np.ndarray]:
-    """transformers `CLIPVisionModelWithProjection` state dict -> OpenAI CLIP `visual.*` names (test-side)."""
-    v = "vision_model."
-    out = {"conv1.weight": hf[v + "embeddings.patch_embedding.weight"],
-           "class_embedding": hf[v + "embeddings.class_embedding"],
-           "positional_embedding": hf[v + "embeddings.position_embedding.weight"],
-           "proj": hf["visual_projection.weight"].T}  # x @ proj
-    for kind in ("weight", "bias"):
-        out[f"ln_pre.{kind}"] = hf[f"{v}pre_layrnorm.{kind}"]
-        out[f"ln_post.{kind}"] = hf[f"{v}post_layernorm.{kind}"]
-        for i in range(layers):
-            h, o = f"{v}encoder.layers.{i}.", f"transformer.resblocks.{i}."
-            out[f"{o}attn.in_proj_{kind}"] = np.concatenate([hf[f"{h}self_attn.{n}_proj.{kind}"] for n in "qkv"])
-            out[f"{o}attn.out_proj.{kind}"] = hf[f"{h}self_attn.out_proj.{kind}"]
-            out[f"{o}ln_1.{kind}"] = hf[f"{h}layer_norm1.{kind}"]
-            out[f"{o}ln_2.{kind}"] = hf[f"{h}layer_norm2.{kind}"]
-            out[f"{o}mlp.c_fc.{kind}"] = hf[f"{h}mlp.fc1.{kind}"]
-            out[f"{o}mlp.c_proj.{kind}"] = hf[f"{h}mlp.fc2.{kind}"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def vision_reference():
-    torch.manual_seed(0)
-    config = transformers.CLIPVisionConfig(image_size=VISION.image_size, patch_size=VISION.patch_size,
-                                           hidden_size=VISION.width, intermediate_size=VISION.mlp_dim,
-                                           num_hidden_layers=VISION.layers, num_attention_heads=VISION.heads,
-                                           projection_dim=VISION.projection_dim, hidden_act="quick_gelu",
-                                           layer_norm_eps=1e-5)
-    model = randomise(transformers.CLIPVisionModelWithProjection(config))
+    model = clip_vision(VISION, seed=0)
     pixels = np.random.default_rng(0).standard_normal((2, VISION.image_size, VISION.image_size, 3), np.float32)
     with torch.no_grad():
         embeds = model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).image_embeds.numpy()
@@ -172,7 +121,7 @@ def vision_reference():
 
 def test_vision_parity_openai_layout(vision_reference):
     hf, pixels, embeds = vision_reference
-    ours = build(CLIPImageEncoder, VISION, to_openai_layout(hf, VISION.layers), clip_vision_openai_rules(VISION))
+    ours = build(CLIPImageEncoder, VISION, openai_visual_state(hf, VISION.layers), clip_vision_openai_rules(VISION))
     assert rel_l2(forward(ours, pixels), embeds) <= 1e-4  # measured 2.2e-7
     with pytest.raises(ValueError, match="resize"):
         ours(np.zeros((1, 28, 28, 3), np.float32))
@@ -186,7 +135,7 @@ def test_vision_parity_transformers_layout(vision_reference):
 
 def test_vision_swapped_q_k_breaks_parity(vision_reference):
     hf, pixels, embeds = vision_reference
-    openai, c = to_openai_layout(hf, VISION.layers), VISION.width
+    openai, c = openai_visual_state(hf, VISION.layers), VISION.width
     for i in range(VISION.layers):
         for kind in ("weight", "bias"):
             w = openai[f"transformer.resblocks.{i}.attn.in_proj_{kind}"]

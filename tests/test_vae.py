@@ -1,24 +1,23 @@
 """VAE: full-size structure against the released checkpoint's keys; tiny-config parity with diffusers.AutoencoderKL."""
 
 import dataclasses
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from flax import nnx
 
+from customnet_jax.models.build import abstract_model
 from customnet_jax.models.vae import VAE, VAEConfig, sample_posterior
 from customnet_jax.weights import params as P
 from customnet_jax.weights import rules as R
 from customnet_jax.weights.vae_names import vae_rules
 from tests.helpers import rel_l2
+from tests.reference_state import reference_shapes
+from tests.torch_reference import diffusers_vae, random_vae_state
 
-TSV = pathlib.Path(__file__).parent / "data" / "customnet_v1_state_dict.tsv"
 PREFIX = "first_stage_model."
 # Tiny but structurally complete: 3 levels (channel change, two down/upsamplers), 2 res blocks, mid attention.
 TINY = VAEConfig(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=2, norm_groups=8)
@@ -26,60 +25,28 @@ TINY = VAEConfig(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=2, nor
 
 def checkpoint_vae_shapes() -> dict[str, tuple[int, ...]]:
     """VAE key -> shape from the released customnet_v1.pt key listing."""
-    shapes = {}
-    for line in TSV.read_text().splitlines():
-        if line.startswith(PREFIX):
-            key, shape, _ = line.split("\t")
-            shapes[key] = tuple(int(d) for d in shape.split(","))
-    return shapes
+    return {k: s for k, s in reference_shapes().items() if k.startswith(PREFIX)}
 
 
 def test_full_size_matches_checkpoint_keys():
-    shapes = P.param_shapes(abstract_model(VAEConfig()))
+    shapes = P.param_shapes(abstract_vae(VAEConfig()))
     assert sum(int(np.prod(s)) for s in shapes.values()) == 83_653_863
     rules = R.prefixed(vae_rules(VAEConfig()), PREFIX)
     R.check_coverage(rules, shapes)
     assert R.expected_torch_shapes(rules, shapes) == checkpoint_vae_shapes()
 
 
-def abstract_model(config: VAEConfig) -> VAE:
-    """A VAE with shapes only (no random init: its per-shape initializer compiles cost ~30 s cold)."""
-    return nnx.eval_shape(lambda: VAE(config, rngs=nnx.Rngs(0)))
-
-
-def random_ldm_state(config: VAEConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """LDM-layout random weights, scaled so activations stay O(1) through the network."""
-    model = abstract_model(config)
-    shapes = R.expected_torch_shapes(vae_rules(config), P.param_shapes(model))
-    rng = np.random.default_rng(seed)
-    state = {}
-    for key, shape in shapes.items():
-        if len(shape) == 4:  # conv weight (O, I, kh, kw)
-            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
-        elif ".norm" in key and key.endswith(".weight"):
-            value = 1.0 + 0.2 * rng.standard_normal(shape)
-        else:
-            value = 0.1 * rng.standard_normal(shape)
-        state[key] = value.astype(np.float32)
-    return state
+def abstract_vae(config: VAEConfig) -> VAE:
+    return abstract_model(lambda: VAE(config, rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     """(our model, its LDM state, diffusers reference, jitted encode, jitted decode), built once."""
-    state = random_ldm_state(TINY)
-    model = abstract_model(TINY)
+    state = random_vae_state(TINY, seed=0)
+    model = abstract_vae(TINY)
     P.set_params(model, R.import_tensors(state, vae_rules(TINY), P.param_shapes(model)))
-
-    reference = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=TINY.latent_channels,
-        down_block_types=("DownEncoderBlock2D",) * len(TINY.channel_mult),
-        up_block_types=("UpDecoderBlock2D",) * len(TINY.channel_mult),
-        block_out_channels=TINY.widths, layers_per_block=TINY.num_res_blocks, norm_num_groups=TINY.norm_groups)
-    converted = convert_ldm_vae_checkpoint({PREFIX + k: torch.from_numpy(v) for k, v in state.items()},
-                                           dict(reference.config))
-    reference.load_state_dict(converted, strict=True)
-    reference.eval()
+    reference = diffusers_vae(TINY, state)
     return model, state, reference, nnx.jit(lambda m, x: m.encode(x)), nnx.jit(lambda m, z: m.decode(z))
 
 
@@ -133,7 +100,7 @@ def test_wrong_groupnorm_eps_breaks_parity(tiny, image):
     """The VAE's GroupNorm eps (1e-6) matters: 1e-2 instead must show up clearly."""
     _, state, reference, encode, _ = tiny
     config = dataclasses.replace(TINY, norm_eps=1e-2)
-    model = abstract_model(config)
+    model = abstract_vae(config)
     P.set_params(model, R.import_tensors(state, vae_rules(config), P.param_shapes(model)))
     mean, _ = encode(model, jnp.asarray(image))
     error = rel_l2(mean, reference_encode(reference, image)[0])
