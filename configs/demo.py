@@ -23,5 +23,5 @@ def get_config() -> Config:
         train=dataclasses.replace(
             TrainConfig(), batch_size=32, num_steps=4_000, learning_rate=4e-4, warmup_steps=300,
             grad_clip_norm=1.0, weight_decay=0.0, text_kv_lr_multiplier=1.0, ema_decay=0.999,
-            init_from=f"{WORKDIR}/init", log_every=100, checkpoint_every=1000, keep_checkpoints=2, seed=0),
+            init_from=f"{WORKDIR}/init", log_every=100, checkpoint_every=250, keep_checkpoints=2, seed=0),
     )

@@ -1,8 +1,10 @@
-"""`eval.py`: the paper's metrics over generated pictures (`metrics`) and the whole protocol run (`protocol`).
+"""`eval.py`: the paper's metrics over generated pictures (`metrics`), the whole protocol run (`protocol`), and
+the demo model's control measured against the synthetic world's ground truth (`demo`).
 
     python eval.py metrics --samples outputs/ --dino models/dino-vits16 --clip models/clip-vit-large-patch14
     python eval.py protocol --checkpoint models/customnet --objects objects/ --out runs/eval \\
         --dino models/dino-vits16 --clip models/clip-vit-large-patch14
+    python eval.py demo --scenes 16 --steps 25
 """
 
 from __future__ import annotations
@@ -66,7 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)
+
+    d = sub.add_parser("demo", help="location, viewpoint and identity of a model trained on the synthetic world, "
+                                    "on held-out scenes against their ground-truth renders")
+    d.add_argument("--checkpoint", help="model folder (default: the built-in demo model)")
+    d.add_argument("--scenes", type=int, default=16, help="held-out scenes")
+    d.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    d.add_argument("--guidance", type=float, default=3.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", help="also write the scores here")
+    d.add_argument("--figure", help="also write a PNG: object, truth, picture at the requested view, picture at "
+                                    "the wrong view, truth there (one row per scene, the first 4 scenes)")
     return p
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from customnet_jax.demo.measure import comparison_figure, evaluate
+    from customnet_jax.sampling.cli import DEMO_FOLDER, enable_compilation_cache
+
+    enable_compilation_cache()
+    from customnet_jax.sampling.pipeline import Pipeline
+
+    folder = pathlib.Path(args.checkpoint) if args.checkpoint else DEMO_FOLDER
+    pipeline = Pipeline.from_folder(folder)
+    scores = evaluate(pipeline, args.scenes, args.steps, args.seed, args.guidance)
+    print(f"model: {folder}\n{scores.table()}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"model": str(folder), **dataclasses.asdict(scores)}, indent=1))
+    if args.figure:
+        from PIL import Image
+
+        Image.fromarray(comparison_figure(pipeline, 4, args.steps, args.seed, args.guidance)).save(args.figure)
+        print(f"written: {args.figure}")
+    return 0
 
 
 def _embedders(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -156,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"eval.py: error: {folder} is not a folder", file=sys.stderr)
                 return 2
             return _score_and_report(folder, pathlib.Path(args.out) if args.out else folder / "metrics", args, {})
+        if args.command == "demo":
+            return _demo(args)
         return _protocol(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)

@@ -51,7 +51,7 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _open(mask: np.ndarray, iterations: int) -> np.ndarray:
+def open_mask(mask: np.ndarray, iterations: int) -> np.ndarray:
     """Binary opening with a 3x3 square (erode then dilate), numpy only: removes isolated speckles."""
     def shifted(m: np.ndarray, op) -> np.ndarray:
         padded = np.pad(m, 1, constant_values=op is np.logical_and)  # erosion pads True, dilation pads False
@@ -74,7 +74,7 @@ def foreground_mask(image: np.ndarray, background: np.ndarray, threshold: float 
     a, b = as_unit(image), as_unit(background)
     if a.shape != b.shape:
         raise ValueError(f"image {a.shape} and background {b.shape} differ in shape")
-    return _open(np.abs(a - b).max(-1) > threshold, open_iterations)
+    return open_mask(np.abs(a - b).max(-1) > threshold, open_iterations)
 
 
 def mask_box(mask: np.ndarray) -> Box | None:

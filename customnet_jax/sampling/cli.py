@@ -97,7 +97,7 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
-    from customnet_jax.sampling.demo import default_object, demo_pipeline
+    from customnet_jax.sampling.demo import default_object, default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         pipeline, label = demo_pipeline(DEMO_FOLDER, dtype)
     built_in = args.object is None
+    example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = default_object(pipeline.config.resolution) if built_in else args.object
     mask = None
     if args.mask:
@@ -122,9 +123,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if built_in and args.checkpoint is None and args.azimuth == "0" and args.polar == "0":
         views = views_from([0.0], parse_values("-90:90:5", "azimuth"), [0.0])  # the default: a multi-view sheet
     prompt = args.prompt
-    if not prompt and args.checkpoint is None and not pipeline.config.is_zero123:
-        prompt = "a toy on a striped floor"
+    if not prompt and built_in and not pipeline.config.is_zero123:
+        prompt = example.caption  # the built-in example's own caption
     bbox = [float(v) for v in args.bbox.split(",")] if args.bbox else None
+    if bbox is None and built_in and not pipeline.config.is_zero123:
+        bbox = [float(v) for v in example.box]
     if bbox is not None and len(bbox) != 4:
         raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
     try:

@@ -25,12 +25,17 @@ def demo_pipeline(folder: pathlib.Path, dtype: Any) -> tuple[Pipeline, str]:
     return Pipeline(model), RANDOM_LABEL
 
 
+DEFAULT_SCENE = 0  # scene of the held-out synthetic world (customnet_jax/demo/measure.py) shown by default
+
+
+def default_scene(resolution: int):
+    """The built-in example: a held-out scene of the synthetic world the demo model was trained on (its
+    object, box and caption), so the default shows the model on the kind of picture it knows."""
+    from customnet_jax.demo.measure import held_out_scene
+
+    return held_out_scene(DEFAULT_SCENE, resolution)
+
+
 def default_object(resolution: int) -> np.ndarray:
-    """A two-coloured toy block as an RGBA picture (transparent around it)."""
-    size = resolution
-    picture = np.zeros((size, size, 4), np.uint8)
-    a, b, c = size // 5, size // 2, 4 * size // 5
-    picture[a:c, a:b] = (210, 40, 40, 255)  # red left half
-    picture[a:c, b:c] = (40, 70, 210, 255)  # blue right half
-    picture[a : a + size // 10, a:c] = (240, 200, 40, 255)  # yellow top
-    return picture
+    """The built-in example's object: its condition view on white, prepared (float (R, R, 3) in [-1, 1])."""
+    return default_scene(resolution).object.astype(np.float32) / 127.5 - 1
