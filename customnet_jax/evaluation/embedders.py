@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+from customnet_jax.local_models import local_folder
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -58,14 +60,6 @@ def _quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
-
-
-def _check_folder(folder: str | pathlib.Path, what: str) -> pathlib.Path:
-    path = pathlib.Path(folder)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{what} folder {path} has no config.json: give a local folder written by "
-                                "transformers' save_pretrained (config.json + weights + preprocessor_config.json)")
-    return path
 
 
 def _default_device(device: str | None) -> str:
@@ -152,7 +146,7 @@ class DinoEmbedder(_TorchEmbedder):
         require_torch()
         from transformers import AutoModel
 
-        self.folder = _check_folder(folder, "DINO")
+        self.folder = local_folder(folder, "DINO")
         self.device, self.batch_size = _default_device(device), batch_size
         with _quiet_transformers():
             self.model = AutoModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()
@@ -178,7 +172,7 @@ class ClipEmbedder(_TorchEmbedder):
         require_torch()
         from transformers import AutoTokenizer, CLIPModel
 
-        self.folder = _check_folder(folder, "CLIP")
+        self.folder = local_folder(folder, "CLIP")
         self.device, self.batch_size = _default_device(device), batch_size
         with _quiet_transformers():
             self.model = CLIPModel.from_pretrained(str(self.folder), local_files_only=True).to(self.device).eval()

@@ -17,10 +17,10 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from customnet_jax.local_models import DTYPES, local_folder
 from customnet_jax.pairs.build import BuildOptions, Stages, build_pairs
 from customnet_jax.pairs.caption import SUBJECT_QUESTION, Blip2Captioner, Captions, Subjects
 from customnet_jax.pairs.filters import Filters
-from customnet_jax.pairs.hf import DTYPES, local_folder
 from customnet_jax.pairs.prompts import PromptSource, ZeroShotDetector
 from customnet_jax.pairs.segment import MaskFolder, SamSegmenter
 from customnet_jax.pairs.sources import Annotations, folder_items, tfds_items

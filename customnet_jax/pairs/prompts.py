@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from customnet_jax.pairs.hf import load_pretrained, to_device
+from customnet_jax.local_models import load_pretrained, to_device
 from customnet_jax.pairs.sources import Annotations, ImageItem, SkipImage
 
 

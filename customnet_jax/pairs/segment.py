@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from customnet_jax.pairs.hf import load_pretrained, to_device
+from customnet_jax.local_models import load_pretrained, to_device
 from customnet_jax.pairs.prompts import Prompt
 from customnet_jax.pairs.sources import IMAGE_EXTENSIONS, ImageItem, SkipImage
 

@@ -1,4 +1,4 @@
-"""Loading transformers models (SAM, BLIP-2, zero-shot detectors) from local folders, offline, for inference.
+"""Transformers models (DINO, CLIP, SAM, BLIP-2, zero-shot detectors) from local folders, offline, for inference.
 
 torch and transformers are imported here only when a stage is built, so the rest of the package stays light.
 """
