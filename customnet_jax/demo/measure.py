@@ -5,9 +5,9 @@ training). For each: the condition view of the object, its box, its caption, and
 to the target camera. The model makes one picture at the true view and one at a wrong view (the
 azimuth turned by 180 degrees, same seed), and a multi-view sheet at several azimuths.
 
-The world paints backgrounds in pale tones and objects in saturated ones, never in the background's
-colour, so the generated object's pixels are those nearer to the object's colours than to the
-background's (`object_pixels`, then a 3x3 opening against speckles).
+The generated object is found against the picture's own background (`foreground_pixels`): the colours
+that cover the picture outside the requested box are background, the pixels unlike all of them are the
+object (the world never paints an object in its background's colours).
 
 - Location: IoU of the box of those pixels with the box of the object in the ground-truth render (the
   truth itself scores ~0.96), and with the requested box (reported, but weak: the object never fills its
@@ -56,18 +56,19 @@ def truth_and_mask(scene: synthetic.Scene, degrees: tuple[float, float, float]) 
     return truth, mask
 
 
-def palette(pixels: np.ndarray, step: int = 16) -> np.ndarray:
-    """The distinct colours of (N, 3) uint8 pixels, quantised to `step`."""
-    return np.unique((pixels.astype(np.int32) // step) * step + step // 2, axis=0)
-
-
-def object_pixels(image: np.ndarray, object_colours: np.ndarray, background_colours: np.ndarray,
-                  open_iterations: int = 1) -> np.ndarray:
-    """Pixels nearer to some object colour than to every background colour, opened -> bool (H, W)."""
-    x = image.reshape(-1, 1, 3).astype(np.float32)
-    to_object = np.abs(x - object_colours[None].astype(np.float32)).max(-1).min(-1)
-    to_background = np.abs(x - background_colours[None].astype(np.float32)).max(-1).min(-1)
-    return measures.open_mask((to_object < to_background).reshape(image.shape[:2]), open_iterations)
+def foreground_pixels(image: np.ndarray, box: tuple[int, int, int, int], step: int = 16, share: float = 0.01,
+                      tolerance: int = 40) -> np.ndarray:
+    """The object found against the picture's own background: the colours that cover at least `share` of the
+    picture outside the requested box (quantised to `step`) are the background; pixels farther than
+    `tolerance` (largest channel difference, of 255) from all of them, after a 3x3 opening -> bool (H, W)."""
+    outside = ~measures.box_mask(image.shape, box)
+    quantised = (image[outside].astype(np.int32) // step) * step + step // 2
+    colours, counts = np.unique(quantised, axis=0, return_counts=True)
+    background = colours[counts >= share * outside.sum()].astype(np.float32)
+    if len(background) == 0:
+        return np.zeros(image.shape[:2], bool)
+    distance = np.abs(image.reshape(-1, 1, 3).astype(np.float32) - background[None]).max(-1).min(-1)
+    return measures.open_mask(distance.reshape(image.shape[:2]) > tolerance, 1)
 
 
 @dataclasses.dataclass
@@ -104,12 +105,10 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
         wrong = (requested[0], (requested[1] + 180.0) % 360.0, requested[2])
         sheet_views = [(requested[0], (requested[1] + a) % 360.0, requested[2]) for a in sheet_azimuths]
         truths = [truth_and_mask(scene, v) for v in [requested, *sheet_views]]
-        background = palette(scene.background.reshape(-1, 3))
-        colours = palette(np.concatenate([t[m] for t, m in truths]))
         pictures = pipeline(scene.object.astype(np.float32) / 127.5 - 1, views=[requested, wrong, *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False).images[:, 0]
-        found = [object_pixels(p, colours, background) for p in pictures]
+        found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]
         sheet, sheet_found = pictures[2:], found[2:]
