@@ -54,6 +54,7 @@ class TrainConfig:
     sample_steps: int = 50  # DDIM steps of the sample sheets
     sample_prompt: str = ""  # their caption (CustomNet models)
     export_model: bool = True  # write the trained weights as a model folder <workdir>/model at the end
+    export_ema: bool = True  # export the EMA weights when ema_decay > 0 (False: the raw weights)
 
 
 @dataclasses.dataclass(frozen=True)

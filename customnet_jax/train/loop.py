@@ -184,13 +184,14 @@ def export_model(trainer: Trainer, path: pathlib.Path, step: int, log: Callable[
     """Write the trained weights (EMA if kept) + frozen encoders as a model folder (host 0 writes)."""
     from customnet_jax.model_folder import save_model_folder
 
-    params = trainer.full_params()
+    use_ema = trainer.config.train.export_ema and "ema" in trainer.state
+    params = trainer.full_params(use_ema)
     if jax.process_index() == 0:
-        provenance = {"format": "customnet-jax train.py", "step": step, "ema": "ema" in trainer.state,
+        provenance = {"format": "customnet-jax train.py", "step": step, "ema": use_ema,
                       "init": trainer.init_report.summary(), "train": to_dict(trainer.config.train)}
         save_model_folder(path, params, trainer.config.model, trainer.config.diffusion, provenance=provenance,
                           overwrite=True)
-        log(f"exported the weights{' (EMA)' if 'ema' in trainer.state else ''} to {path}")
+        log(f"exported the weights{' (EMA)' if use_ema else ''} to {path}")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
