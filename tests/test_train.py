@@ -452,3 +452,22 @@ def test_sharded_steps_equal_the_single_device_step(sharded_job):
         assert run["moments_follow_params"]  # the optimizer state has the parameters' shardings
     assert fsdp["params_split_over_fsdp"] > 50 and fsdp["frozen_split_over_fsdp"] > 20
     assert data["params_split_over_fsdp"] == 0
+
+
+@pytest.mark.parametrize("export_ema", [True, False])
+def test_export_takes_the_ema_unless_told_not_to(tmp_path, monkeypatch, export_ema):
+    """train.export_ema chooses which weights the exported model folder holds (and says so)."""
+    import types
+
+    import customnet_jax.model_folder as model_folder
+    from customnet_jax.train.loop import export_model
+
+    written = {}
+    monkeypatch.setattr(model_folder, "save_model_folder",
+                        lambda path, params, *args, provenance, **kwargs: written.update(params=params, **provenance))
+    trainer = types.SimpleNamespace(
+        config=get_config(ema_decay=0.9, export_ema=export_ema), state={"params": {}, "ema": {}},
+        init_report=types.SimpleNamespace(summary=lambda: "random"),
+        full_params=lambda use_ema=True: "EMA weights" if use_ema else "raw weights")
+    export_model(trainer, tmp_path / "model", 8, lambda message: None)
+    assert written["params"] == ("EMA weights" if export_ema else "raw weights") and written["ema"] is export_ema
