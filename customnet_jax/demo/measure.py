@@ -93,9 +93,15 @@ class DemoScores:
                 f"scenes, {self.steps} DDIM steps")
 
 
+def condition_object(scene: synthetic.Scene) -> np.ndarray:
+    """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
+    return scene.object.astype(np.float32) / 127.5 - 1
+
+
 def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0, guidance: float = 3.0,
-             sheet_azimuths: tuple[float, ...] = SHEET_AZIMUTHS) -> DemoScores:
-    """Scores of `pipeline` (a customnet_jax.sampling.Pipeline of a prompt model) on held-out scenes."""
+             sheet_azimuths: tuple[float, ...] = SHEET_AZIMUTHS, figure_rows: list | None = None) -> DemoScores:
+    """Scores of `pipeline` (a customnet_jax.sampling.Pipeline of a prompt model) on held-out scenes.
+    `figure_rows`, if given, receives one `comparison_figure` row per scene."""
     if pipeline.config.is_zero123 or pipeline.config.has_background:
         raise ValueError("the demo measures take a prompt-driven CustomNet model (in_channels 8)")
     rows = []
@@ -105,7 +111,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
         wrong = (requested[0], (requested[1] + 180.0) % 360.0, requested[2])
         sheet_views = [(requested[0], (requested[1] + a) % 360.0, requested[2]) for a in sheet_azimuths]
         truths = [truth_and_mask(scene, v) for v in [requested, *sheet_views]]
-        pictures = pipeline(scene.object.astype(np.float32) / 127.5 - 1, views=[requested, wrong, *sheet_views],
+        pictures = pipeline(condition_object(scene), views=[requested, wrong, *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
@@ -118,6 +124,8 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                      measures.colour_agreement(pictures[0], truth, mask),
                      measures.colour_agreement(pictures[1], truth, mask), np.mean(identity),
                      measures.identity_consistency(list(sheet), sheet_found)["colour"]])
+        if figure_rows is not None:
+            figure_rows.append([scene.object, truth, pictures[0], pictures[1], truth_and_mask(scene, wrong)[0]])
     r = np.asarray(rows, np.float64)
     margins = r[:, 2] - r[:, 3]
     return DemoScores(location_iou=float(r[:, 0].mean()), object_box_iou=float(r[:, 1].mean()),
@@ -127,22 +135,11 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                       scenes=num_scenes, steps=steps)
 
 
-def comparison_figure(pipeline: Any, num_scenes: int = 4, steps: int = 25, seed: int = 0, guidance: float = 3.0,
-                      scale: int = 2, gap: int = 2) -> np.ndarray:
-    """A picture for people: one row per held-out scene, columns = the object the model was given, the
-    ground truth at the requested view, the model's picture at that view, the model's picture at the wrong
-    (180-degree) view, and the ground truth there -> uint8 (rows, columns) grid, upscaled by `scale`."""
-    size = pipeline.config.resolution
-    rows = []
-    for index in range(num_scenes):
-        scene = held_out_scene(index, size)
-        requested = relative_degrees(scene)
-        wrong = (requested[0], (requested[1] + 180.0) % 360.0, requested[2])
-        pictures = pipeline(scene.object.astype(np.float32) / 127.5 - 1, views=[requested, wrong],
-                            bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
-                            guidance=guidance, progress=False).images[:, 0]
-        rows.append([scene.object, truth_and_mask(scene, requested)[0], pictures[0], pictures[1],
-                     truth_and_mask(scene, wrong)[0]])
+def comparison_figure(rows: list, scale: int = 2, gap: int = 2) -> np.ndarray:
+    """A picture for people from `evaluate`'s figure rows: one row per held-out scene, columns = the object the
+    model was given, the ground truth at the requested view, the model's picture at that view, the model's
+    picture at the wrong (180-degree) view, and the ground truth there -> uint8 grid, upscaled by `scale`."""
+    size = rows[0][0].shape[0]
     cell = size * scale + gap
     grid = np.full((len(rows) * cell + gap, 5 * cell + gap, 3), 255, np.uint8)
     for r, row in enumerate(rows):

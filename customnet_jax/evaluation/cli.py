@@ -93,15 +93,16 @@ def _demo(args: argparse.Namespace) -> int:
     from customnet_jax.sampling.pipeline import Pipeline
 
     folder = pathlib.Path(args.checkpoint) if args.checkpoint else DEMO_FOLDER
-    pipeline = Pipeline.from_folder(folder)
-    scores = evaluate(pipeline, args.scenes, args.steps, args.seed, args.guidance)
+    figure_rows = [] if args.figure else None
+    scores = evaluate(Pipeline.from_folder(folder), args.scenes, args.steps, args.seed, args.guidance,
+                      figure_rows=figure_rows)
     print(f"model: {folder}\n{scores.table()}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"model": str(folder), **dataclasses.asdict(scores)}, indent=1))
     if args.figure:
         from PIL import Image
 
-        Image.fromarray(comparison_figure(pipeline, 4, args.steps, args.seed, args.guidance)).save(args.figure)
+        Image.fromarray(comparison_figure(figure_rows[:4])).save(args.figure)
         print(f"written: {args.figure}")
     return 0
 

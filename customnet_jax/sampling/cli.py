@@ -97,7 +97,8 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
-    from customnet_jax.sampling.demo import default_object, default_scene, demo_pipeline
+    from customnet_jax.demo.measure import condition_object
+    from customnet_jax.sampling.demo import default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
@@ -112,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pipeline, label = demo_pipeline(DEMO_FOLDER, dtype)
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
-    object_image = default_object(pipeline.config.resolution) if built_in else args.object
+    object_image = condition_object(example) if built_in else args.object
     mask = None
     if args.mask:
         from PIL import Image

@@ -38,4 +38,6 @@ def default_scene(resolution: int):
 
 def default_object(resolution: int) -> np.ndarray:
     """The built-in example's object: its condition view on white, prepared (float (R, R, 3) in [-1, 1])."""
-    return default_scene(resolution).object.astype(np.float32) / 127.5 - 1
+    from customnet_jax.demo.measure import condition_object
+
+    return condition_object(default_scene(resolution))
