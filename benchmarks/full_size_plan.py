@@ -198,7 +198,7 @@ def residual_bytes(config, per_device_batch: int) -> dict:
 
     from customnet_jax.diffusion.schedule import alphas_cumprod
     from customnet_jax.train import state as st
-    from customnet_jax.train.step import eps_loss
+    from customnet_jax.train.step import denoising_loss
 
     graphdef, shapes = st.graphdef_and_shapes(config)
     flat = {path: jax.ShapeDtypeStruct(shape, jnp.float32) for path, shape in shapes.items()}
@@ -214,7 +214,7 @@ def residual_bytes(config, per_device_batch: int) -> dict:
     alphas = jnp.asarray(alphas_cumprod(config.diffusion))
 
     def residuals(params, feats, t, noise):
-        loss = lambda p: eps_loss(nnx.merge(graphdef, p, frozen), feats, t, noise, alphas)
+        loss = lambda p: denoising_loss(nnx.merge(graphdef, p, frozen), feats, t, noise, alphas)
         _, vjp_fn = jax.vjp(loss, params)
         return vjp_fn  # a pytree whose leaves are the saved residuals (+ the primal params it closes over)
 

@@ -36,6 +36,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    cooldown_steps: int = 0  # linear decay of the lr to 0 over the last cooldown_steps of num_steps
     grad_clip_norm: float = 0.0  # 0: no clipping
     ema_decay: float = 0.0  # 0: no EMA
     grad_accum_steps: int = 1

@@ -1,6 +1,6 @@
 """The demo measures on stand-in pipelines with known answers: an oracle that paints the ground truth must score
-near perfectly, one that ignores the view must show no viewpoint margin, one that paints only the background
-must fail location and identity."""
+near perfectly, one that ignores the view must show no viewpoint margin, one that ignores the caption must show
+in the background measure, one that paints only the background must fail location and identity."""
 
 import types
 
@@ -18,6 +18,7 @@ class StandIn:
     def __init__(self, mode: str, num_scenes: int):
         self.config = types.SimpleNamespace(resolution=SIZE, is_zero123=False, has_background=False)
         self.scenes = {s.caption: s for s in (measure.held_out_scene(i, SIZE) for i in range(num_scenes))}
+        self.captions = list(self.scenes)
         self.mode = mode
 
     def __call__(self, object_image, *, views, bbox, prompt, **_):
@@ -25,6 +26,10 @@ class StandIn:
         assert tuple(bbox) == scene.box_pixels and object_image.shape == (SIZE, SIZE, 3)
         if self.mode == "oracle":
             pictures = [measure.truth_and_mask(scene, v)[0] for v in views]
+        elif self.mode == "ignores caption":  # the right object, on the background of another scene
+            other = self.scenes[self.captions[(self.captions.index(prompt) + 1) % len(self.captions)]]
+            pictures = [np.where(measure.truth_and_mask(scene, v)[1][..., None], measure.truth_and_mask(scene, v)[0],
+                                 other.background) for v in views]
         elif self.mode == "ignores view":
             pictures = [measure.truth_and_mask(scene, (0.0, 0.0, 0.0))[0]] * len(views)
         else:  # "background only"
@@ -42,6 +47,13 @@ def test_oracle_scores_near_perfect():
     assert 0.25 < s.location_iou < 0.5 and s.object_box_iou > 0.9
     assert s.view_agreement == pytest.approx(1.0) and s.view_wins == 1.0 and s.view_margin > 0.3
     assert s.identity > 0.95  # found pixels vs the render's mask differ only at anti-aliased edges
+    assert s.background_error < 0.02 and s.background_error_other > 0.15
+
+
+def test_ignoring_the_caption_shows_in_the_background_measure():
+    oracle, blind = scores("oracle"), scores("ignores caption")
+    assert blind.background_error > 0.15 and blind.background_error > oracle.background_error + 0.1
+    assert blind.object_box_iou > 0.5 and blind.view_agreement > 0.9  # object, place and view still right
 
 
 def test_ignoring_the_view_loses_the_margin():

@@ -1,6 +1,7 @@
 """DDIM with guidance against diffusers' DDIMScheduler + the reference UNet; the pipeline's behaviour."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -25,10 +26,17 @@ STEPS = 10
 BATCH = 2
 
 
-def reference_scheduler() -> DDIMScheduler:
-    """diffusers DDIM configured as the original LDM sampler (SPEC §7)."""
+SD = DiffusionConfig()
+ZERO_SNR = DiffusionConfig(prediction_type="v_prediction", zero_terminal_snr=True)
+
+
+def reference_scheduler(diffusion: DiffusionConfig = SD) -> DDIMScheduler:
+    """diffusers DDIM configured as the original LDM sampler (SPEC §7), or for a zero-terminal-SNR v model."""
+    zero_snr = diffusion.zero_terminal_snr
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+                         clip_sample=False, set_alpha_to_one=False, steps_offset=0 if zero_snr else 1,
+                         timestep_spacing="trailing" if zero_snr else "leading", rescale_betas_zero_snr=zero_snr,
+                         prediction_type=diffusion.prediction_type)
 
 
 @pytest.fixture(scope="module")
@@ -48,29 +56,29 @@ def setup():
     return config, our_unet(config, state), diffusers_unet(config, state), data
 
 
-@nnx.jit
-def guided_ddim(unet, x_T, conditions, context, noises, timesteps, alphas, alphas_prev, sigmas):
+@functools.partial(nnx.jit, static_argnames="prediction_type")
+def guided_ddim(unet, x_T, conditions, context, noises, timesteps, alphas, alphas_prev, sigmas, prediction_type):
     """Our sampler with batched cond/uncond guidance; one compile per number of steps."""
-    def eps_fn(x, t):
+    def model_fn(x, t):
         out = unet(jnp.concatenate([jnp.tile(x, (2, 1, 1, 1)), conditions], -1), jnp.tile(t, 2), context)
         cond, uncond = jnp.split(out, 2)
         return uncond + GUIDANCE * (cond - uncond)
 
-    plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas)
-    return ddim.sample(eps_fn, x_T, plan, noises=noises)
+    plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas, prediction_type)
+    return ddim.sample(model_fn, x_T, plan, noises=noises)
 
 
-def ours(unet, data, eta: float, schedule: str) -> np.ndarray:
-    plan = ddim.ddim_schedule(alphas_cumprod(DiffusionConfig()), STEPS, eta, schedule)
+def ours(unet, data, eta: float, schedule: str, diffusion: DiffusionConfig = SD) -> np.ndarray:
+    plan = ddim.ddim_schedule(alphas_cumprod(diffusion), STEPS, eta, schedule, diffusion.prediction_type)
     conditions = np.concatenate([data["object_latent"], np.zeros_like(data["object_latent"])])
     context = np.concatenate([data["context"], data["null_context"]])
     noises = data["noises"][: plan.num_steps]  # multiplied by sigma = 0 when eta = 0
     return np.asarray(guided_ddim(unet, data["x_T"], conditions, context, noises, plan.timesteps, plan.alphas,
-                                  plan.alphas_prev, plan.sigmas))
+                                  plan.alphas_prev, plan.sigmas, plan.prediction_type))
 
 
-def reference(model, data, eta: float, schedule: str) -> np.ndarray:
-    scheduler = reference_scheduler()
+def reference(model, data, eta: float, schedule: str, diffusion: DiffusionConfig = SD) -> np.ndarray:
+    scheduler = reference_scheduler(diffusion)
     scheduler.set_timesteps(STEPS)
     timesteps = scheduler.timesteps[1:] if schedule == "original" else scheduler.timesteps
     nchw = lambda a: torch.from_numpy(np.ascontiguousarray(np.transpose(a, (0, 3, 1, 2))))
@@ -94,6 +102,34 @@ def test_ddim_with_guidance_matches_diffusers(setup, eta, schedule):
     error = rel_l2(ours(unet, data, eta, schedule), reference(reference_unet, data, eta, schedule))
     # measured: 1.1e-6 (eta 0), 1.0e-6 (original schedule), 1.5e-6 (eta 1, same noise draws)
     assert error <= 1e-4, error
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_zero_terminal_snr_v_prediction_matches_diffusers(setup, eta):
+    """Rescaled betas (a_T = 0), v outputs, trailing grid from t = 999: diffusers' DDIMScheduler with
+    rescale_betas_zero_snr, prediction_type="v_prediction", timestep_spacing="trailing"."""
+    _, unet, reference_unet, data = setup
+    error = rel_l2(ours(unet, data, eta, "trailing", ZERO_SNR), reference(reference_unet, data, eta, "trailing",
+                                                                            ZERO_SNR))
+    # measured: 5.7e-7 (eta 0), 2.6e-6 (eta 1, same noise draws)
+    assert error <= 1e-4, error
+    # the same v sampler on SD's un-rescaled betas is far off (measured 3.5e-2, 4.0e-2)
+    unrescaled = DiffusionConfig(zero_terminal_snr=False, prediction_type="v_prediction")
+    assert rel_l2(ours(unet, data, eta, "trailing", unrescaled), reference(reference_unet, data, eta, "trailing",
+                                                                            ZERO_SNR)) > 1e-2
+
+
+def test_zero_terminal_snr_schedule():
+    """a_T = 0, a_0 unchanged, diffusers' rescaled alphas_cumprod; the trailing grid starts at T - 1; eps
+    prediction is refused with it (x_0 cannot be read from eps at SNR 0)."""
+    ours_acp, sd_acp = alphas_cumprod(ZERO_SNR), alphas_cumprod(DiffusionConfig())
+    assert ours_acp[-1] == 0.0 and ours_acp[0] == pytest.approx(sd_acp[0], rel=1e-6)
+    np.testing.assert_allclose(ours_acp, reference_scheduler(ZERO_SNR).alphas_cumprod.numpy(), rtol=1e-5, atol=1e-7)
+    plan = ddim.ddim_schedule(ours_acp, 25, 0.0, "trailing", "v_prediction")
+    assert plan.timesteps[0] == 999 and plan.timesteps[-1] == 39 and plan.alphas[0] == 0.0
+    assert plan.alphas_prev[-1] == ours_acp[0]
+    with pytest.raises(ValueError, match="v_prediction"):
+        DiffusionConfig(zero_terminal_snr=True)
 
 
 def test_original_schedule_drops_the_top_step():
@@ -150,6 +186,19 @@ def test_same_seed_same_pictures_and_views_share_the_noise(pipeline, object_pict
     # ... from the same starting noise: with zero steps of change the two views would coincide
     assert first.settings["seed"] == 7 and first.settings["bbox"] == [8, 8, 56, 56]
     assert first.settings["views"] == [[0.0, 0.0, 0.0], [0.0, 90.0, 0.0]]
+
+
+def test_zero_terminal_snr_model_samples_on_the_trailing_grid(pipeline, object_picture):
+    """A model folder's diffusion config reaches the sampler: a zero-SNR v model defaults to the trailing grid and
+    reads its outputs as v (read as eps, the first step would divide by sqrt(a_T) = 0)."""
+    v_pipeline = Pipeline(nnx.merge(pipeline.graphdef, pipeline.state), ZERO_SNR)
+    kwargs = dict(bbox=(8, 8, 56, 56), prompt="a red box", steps=4, progress=False)
+    default, trailing = v_pipeline(object_picture, **kwargs), v_pipeline(object_picture, schedule="trailing", **kwargs)
+    assert default.settings["schedule"] == "trailing" and np.isfinite(default.latents).all()
+    np.testing.assert_array_equal(default.images, trailing.images)
+    eps_model = pipeline(object_picture, **kwargs)
+    assert eps_model.settings["schedule"] == "correct"
+    assert rel_l2(eps_model.latents, default.latents) > 0.1
 
 
 def test_pipeline_bad_inputs(pipeline, object_picture, tmp_path):

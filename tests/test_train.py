@@ -157,6 +157,7 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
     assert "needs 16 devices but only 8 exist" in problems(8, data=4, fsdp=4)
     assert "grad_accum_steps=3 does not divide the per-device batch 4" in problems(2, grad_accum_steps=3)
     assert "fsdp=3 does not divide the 8 devices" in problems(8, fsdp=3)
+    assert "together fit in train.num_steps=10" in problems(8, num_steps=10, warmup_steps=4, cooldown_steps=7)
     assert shd.check_config(config, 8) == (8, 1)
     assert shd.check_config(config, 8, 1) == (8, 1)
 
@@ -178,6 +179,23 @@ def test_sharding_rules():
     assert shd.partition_spec(("x", "bias"), (1280,), 4, 1024) == shd.P()  # 1-D: replicated
     assert shd.partition_spec(("x", "kernel"), (16, 16), 4, 1024) == shd.P()  # small: replicated
     assert shd.partition_spec(("x", "kernel"), (768, 1280), 1, 1024) == shd.P()  # no fsdp axis
+
+
+@pytest.mark.parametrize("warmup,cooldown", [(0, 0), (3, 0), (0, 4), (3, 4)])
+def test_lr_schedule_warmup_stable_cooldown(warmup, cooldown):
+    """optax's schedule at every step vs the rule written out: ramp from 0, hold, linear decay to 0 at num_steps."""
+    train = get_config(learning_rate=0.5, num_steps=12, warmup_steps=warmup, cooldown_steps=cooldown).train
+    schedule = opt.lr_schedule(train)
+    for step in range(train.num_steps + 1):
+        if step < warmup:
+            expected = 0.5 * step / warmup
+        elif cooldown and step >= 12 - cooldown:
+            expected = 0.5 * (1 - (step - (12 - cooldown)) / cooldown)
+        else:
+            expected = 0.5
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-7), step
+    if cooldown:
+        assert float(schedule(12)) == 0.0
 
 
 def test_adamw_with_text_kv_group_matches_torch():
@@ -216,6 +234,35 @@ def test_adamw_with_text_kv_group_matches_torch():
     moved_text = np.abs(ours["attn"]["to_k_text"]["kernel"] - params["attn"]["to_k_text"]["kernel"]).mean()
     moved_q = np.abs(ours["attn"]["to_q"]["kernel"] - params["attn"]["to_q"]["kernel"]).mean()
     assert moved_text > 5 * moved_q  # the 10x group really moves faster
+
+
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_noising_and_training_target_match_diffusers(zero_snr):
+    """q(x_t | x_0) and the target (eps, or v for the zero-terminal-SNR schedule) vs diffusers' DDPMScheduler
+    add_noise / get_velocity on the same draws; t covers both ends of the schedule."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from customnet_jax.diffusion.schedule import DiffusionConfig, add_noise, alphas_cumprod, training_target
+
+    diffusion = DiffusionConfig(prediction_type="v_prediction" if zero_snr else "epsilon", zero_terminal_snr=zero_snr)
+    reference = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              rescale_betas_zero_snr=zero_snr, prediction_type=diffusion.prediction_type)
+    rng = np.random.default_rng(0)
+    x0, noise = (rng.standard_normal((4, 8, 8, 4)).astype(np.float32) for _ in range(2))
+    t = np.array([0, 1, 500, 999])
+    alphas = jnp.asarray(alphas_cumprod(diffusion))
+    nchw = lambda a: torch.from_numpy(np.transpose(a, (0, 3, 1, 2)).copy())
+    back = lambda a: np.transpose(a.numpy(), (0, 2, 3, 1))
+    expected_noisy = back(reference.add_noise(nchw(x0), nchw(noise), torch.from_numpy(t)))
+    np.testing.assert_allclose(add_noise(x0, noise, t, alphas), expected_noisy, atol=2e-6)
+    target = training_target(x0, noise, t, alphas, diffusion.prediction_type)
+    if zero_snr:
+        np.testing.assert_allclose(target, back(reference.get_velocity(nchw(x0), nchw(noise), torch.from_numpy(t))),
+                                   atol=5e-6)  # diffusers rescales float32 betas: 2.7e-6 measured
+        np.testing.assert_allclose(target[-1], -x0[-1], atol=1e-6)  # at SNR 0, v = -x_0
+    else:
+        np.testing.assert_array_equal(target, noise)
 
 
 def test_condition_dropout_and_target_latent():

@@ -15,6 +15,9 @@ object (the world never paints an object in its background's colours).
 - Viewpoint: agreement (share of pixels within 0.15 per channel) of the picture with the ground-truth
   render at the requested view, over the render's object pixels; the same for the wrong-view picture
   against the same truth. The requested view must win (positive margin).
+- Background (the caption): distance between the mean colour outside the box of the picture and of the
+  truth (RGB, 0-1 per channel, Euclidean), against the same distance to the other scenes' truths. A model
+  that follows the caption is much nearer its own scene's background than the others'.
 - Identity: colour-histogram intersection of the object's pixels in each picture of the multi-view sheet
   with the ground-truth render at that view (colours preserved while turning), and the pairwise
   consistency across the sheet.
@@ -79,6 +82,8 @@ class DemoScores:
     wrong_view_agreement: float
     view_margin: float  # mean over scenes of (agreement - wrong-view agreement)
     view_wins: float  # share of scenes where the requested view wins
+    background_error: float  # mean colour outside the box vs the truth's (0: exact)
+    background_error_other: float  # the same against the other scenes' truths (what ignoring the caption gives)
     identity: float  # colour histogram vs the truth at each view of the sheet
     sheet_consistency: float  # colour histogram across the sheet
     scenes: int
@@ -88,7 +93,8 @@ class DemoScores:
         return (f"location: IoU with the true object's box {self.object_box_iou:.3f} "
                 f"(requested box {self.location_iou:.3f}) | "
                 f"viewpoint agreement {self.view_agreement:.3f} vs wrong view {self.wrong_view_agreement:.3f} "
-                f"(margin {self.view_margin:+.3f}, requested view wins in {self.view_wins:.0%}) | identity "
+                f"(margin {self.view_margin:+.3f}, requested view wins in {self.view_wins:.0%}) | background colour "
+                f"error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | identity "
                 f"{self.identity:.3f} (sheet consistency {self.sheet_consistency:.3f}) | {self.scenes} held-out "
                 f"scenes, {self.steps} DDIM steps")
 
@@ -104,7 +110,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
     `figure_rows`, if given, receives one `comparison_figure` row per scene."""
     if pipeline.config.is_zero123 or pipeline.config.has_background:
         raise ValueError("the demo measures take a prompt-driven CustomNet model (in_channels 8)")
-    rows = []
+    rows, backgrounds = [], []  # backgrounds: (mean colour outside the box of the picture, of the truth)
     for index in range(num_scenes):
         scene = held_out_scene(index, pipeline.config.resolution)
         requested = relative_degrees(scene)
@@ -124,13 +130,20 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                      measures.colour_agreement(pictures[0], truth, mask),
                      measures.colour_agreement(pictures[1], truth, mask), np.mean(identity),
                      measures.identity_consistency(list(sheet), sheet_found)["colour"]])
+        outside = ~measures.box_mask(truth.shape, scene.box_pixels)
+        backgrounds.append([pictures[0][outside].mean(0) / 255.0, truth[outside].mean(0) / 255.0])
         if figure_rows is not None:
             figure_rows.append([scene.object, truth, pictures[0], pictures[1], truth_and_mask(scene, wrong)[0]])
     r = np.asarray(rows, np.float64)
     margins = r[:, 2] - r[:, 3]
+    generated, truths = (np.asarray(b) for b in zip(*backgrounds, strict=True))
+    distance = np.linalg.norm(generated[:, None] - truths[None], axis=-1)  # (generated scene, truth scene)
+    other = distance[~np.eye(num_scenes, dtype=bool)]
     return DemoScores(location_iou=float(r[:, 0].mean()), object_box_iou=float(r[:, 1].mean()),
                       view_agreement=float(r[:, 2].mean()), wrong_view_agreement=float(r[:, 3].mean()),
                       view_margin=float(margins.mean()), view_wins=float((margins > 0).mean()),
+                      background_error=float(np.diag(distance).mean()),
+                      background_error_other=float(other.mean()) if other.size else float("nan"),
                       identity=float(r[:, 4].mean()), sheet_consistency=float(np.nanmean(r[:, 5])),
                       scenes=num_scenes, steps=steps)
 

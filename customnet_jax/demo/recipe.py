@@ -1,13 +1,15 @@
 """Make the built-in demo model from nothing: `python -m customnet_jax.demo` (or `make demo-model`).
 
     1. build the synthetic world (customnet_jax.data, tfds array_record)        workdirs/demo/data
-    2. train the demo's own VAE on its pictures (autoencoder.py)                 -> latent scale
+    2. train the demo's own VAE on its pictures, then its decoder alone (autoencoder.py)
     3. an initial model folder: that VAE + random UNet, CLIPs, cc_projection     workdirs/demo/init
     4. precompute the frozen encoders' outputs once                              workdirs/demo/precomputed
-    5. train.py's loop on the precomputed data                                   workdirs/demo/run
-    6. ship the exported model folder                                            customnet_jax/assets/demo_model
+    5. train.py's loop on the precomputed data (configs/demo.py, eps prediction)   workdirs/demo/run
+    6. fine-tune stage 5's model to v-prediction on a zero-terminal-SNR schedule
+       (configs/demo_zero_snr.py)                                                workdirs/demo/zero_snr
+    7. ship the exported model folder                                            customnet_jax/assets/demo_model
 Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
-(stage 5 resumes from its last checkpoint).
+(stages 5 and 6 resume from their last checkpoints).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def raw_config(config: Config, workdir: pathlib.Path) -> Config:
                                                                 path=str(workdir / "data")))
 
 
-def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int) -> pathlib.Path:
+def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, decoder_steps: int) -> pathlib.Path:
     """Stages 2-3: the demo VAE, then a model folder holding it beside randomly initialised networks."""
     from flax import nnx
 
@@ -49,13 +51,14 @@ def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int) -> p
         log(f"initial model folder exists: {folder}")
         return folder
     vae, scale = train_autoencoder(raw_config(config, workdir), config.model.vae,
-                                   AutoencoderTraining(steps=vae_steps), log=log)
+                                   AutoencoderTraining(steps=vae_steps, decoder_steps=decoder_steps), log=log)
     model_config = dataclasses.replace(config.model, latent_scale=round(scale, 5))
     model = initialized_model(lambda: CustomNet(model_config, rngs=nnx.Rngs(0)), seed=config.train.seed)
     params = param_tree(model)
     params["vae"] = param_tree(vae)
     save_model_folder(folder, params, model_config, config.diffusion,
                       provenance={"format": "customnet-jax demo init", "vae_steps": vae_steps,
+                                  "decoder_steps": decoder_steps,
                                   "latent_scale": model_config.latent_scale})
     log(f"wrote the initial model folder {folder} (latent scale {model_config.latent_scale})")
     return folder
@@ -64,8 +67,11 @@ def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int) -> p
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
+    parser.add_argument("--finetune-config", default=str(ROOT / "configs" / "demo_zero_snr.py"),
+                        help="stage 6 ('' to skip it and ship stage 5's model)")
     parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
     parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--decoder-steps", type=int, default=1500, help="then the VAE decoder alone")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
@@ -84,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         data=dataclasses.replace(config.data, path=str(workdir / "precomputed")))
     started = time.time()
 
-    init = make_init_folder(config, workdir, args.vae_steps)
+    init = make_init_folder(config, workdir, args.vae_steps, args.decoder_steps)
     model, folder = load_model(init)
     config = dataclasses.replace(config, model=folder.model)  # with the VAE's latent scale
     precomputed = workdir / "precomputed"
@@ -97,6 +103,14 @@ def main(argv: list[str] | None = None) -> None:
     log("training (resumes from workdir/run/checkpoints if present)")
     train(config, workdir / "run", log=log)
     exported = workdir / "run" / "model"
+    if args.finetune_config:
+        finetune = override(load_config(args.finetune_config), args.overrides)
+        finetune = dataclasses.replace(
+            finetune, model=config.model, data=config.data,
+            train=dataclasses.replace(finetune.train, init_from=str(exported)))
+        log("fine-tuning to v-prediction, zero terminal SNR (resumes from workdir/zero_snr/checkpoints)")
+        train(finetune, workdir / "zero_snr", log=log)
+        exported = workdir / "zero_snr" / "model"
     if not args.no_ship:
         if SHIPPED.exists():
             shutil.rmtree(SHIPPED)

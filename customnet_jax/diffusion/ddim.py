@@ -1,8 +1,8 @@
 """DDIM sampling (Song et al. 2021) as LDM's DDIMSampler, with classifier-free guidance done by the caller.
 
 A sampler here is a schedule (numpy constants) and a pure `step`; `sample` runs all steps as one `lax.scan`.
-Other samplers (e.g. DPM-Solver++) can sit beside it with the same `sample(eps_fn, x_T, ...)` shape: the
-model is only ever seen through `eps_fn(x, timesteps) -> eps`.
+Other samplers (e.g. DPM-Solver++) can sit beside it with the same `sample(model_fn, x_T, ...)` shape: the
+model is only ever seen through `model_fn(x, timesteps)`, its (guided) output: eps or v (schedule.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULES = ("correct", "original")
+SCHEDULES = ("correct", "original", "trailing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,7 @@ class DDIMSchedule:
     alphas: np.ndarray  # (S,) float32
     alphas_prev: np.ndarray  # (S,) float32
     sigmas: np.ndarray  # (S,) float32
+    prediction_type: str = "epsilon"  # what model_fn returns: "epsilon" or "v_prediction"
 
     @property
     def num_steps(self) -> int:
@@ -32,12 +33,14 @@ class DDIMSchedule:
 
 
 def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
-                  schedule: str = "correct") -> DDIMSchedule:
+                  schedule: str = "correct", prediction_type: str = "epsilon") -> DDIMSchedule:
     """LDM's uniform DDIM grid t = 1, 1 + c, ..., 1 + (S-1)c with c = T // S, run from the top down; the last
     step's "previous" alpha is alphas_cumprod[0] (= diffusers DDIM with steps_offset=1, set_alpha_to_one=False).
 
     schedule="original" reproduces the released samplers bit for bit: they drop the highest timestep
     (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (SPEC §7).
+    schedule="trailing" ends the grid at the last timestep, T - 1, T - 1 - T/S, ... (diffusers'
+    timestep_spacing="trailing"): a zero-terminal-SNR model must start where x_T is pure noise.
     """
     total = len(alphas_cumprod)
     if not 1 <= num_steps <= total:
@@ -49,7 +52,10 @@ def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
     if schedule == "original" and num_steps < 2:
         raise ValueError("the original schedule drops a step: it needs steps >= 2")
     stride = total // num_steps
-    grid = np.arange(0, total, stride)[:num_steps] + 1  # 1, 1 + c, ...
+    if schedule == "trailing":
+        grid = np.round(np.arange(total, 0, -total / num_steps)).astype(np.int64)[::-1] - 1  # ..., T - 1
+    else:
+        grid = np.arange(0, total, stride)[:num_steps] + 1  # 1, 1 + c, ...
     grid = np.minimum(grid, total - 1)
     acp = np.asarray(alphas_cumprod, np.float32)
     alphas = acp[grid]
@@ -58,26 +64,34 @@ def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
     keep = slice(None, -1) if schedule == "original" else slice(None)
     flip = lambda a: np.ascontiguousarray(a[keep][::-1])
     return DDIMSchedule(flip(grid).astype(np.int32), flip(alphas).astype(np.float32),
-                        flip(alphas_prev).astype(np.float32), flip(sigmas).astype(np.float32))
+                        flip(alphas_prev).astype(np.float32), flip(sigmas).astype(np.float32), prediction_type)
 
 
-def ddim_step(x: jax.Array, eps: jax.Array, alpha: jax.Array, alpha_prev: jax.Array, sigma: jax.Array,
-              noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+def x0_and_eps(x: jax.Array, output: jax.Array, alpha: jax.Array,
+               prediction_type: str) -> tuple[jax.Array, jax.Array]:
+    """The model's output at x_t as (predicted x_0, predicted eps)."""
+    if prediction_type == "v_prediction":  # v = sqrt(a) eps - sqrt(1 - a) x_0, x_t = sqrt(a) x_0 + sqrt(1 - a) eps
+        return jnp.sqrt(alpha) * x - jnp.sqrt(1 - alpha) * output, jnp.sqrt(1 - alpha) * x + jnp.sqrt(alpha) * output
+    return (x - jnp.sqrt(1 - alpha) * output) / jnp.sqrt(alpha), output
+
+
+def ddim_step(x: jax.Array, output: jax.Array, alpha: jax.Array, alpha_prev: jax.Array, sigma: jax.Array,
+              noise: jax.Array, prediction_type: str = "epsilon") -> tuple[jax.Array, jax.Array]:
     """x_t -> (x_{t_prev}, predicted x_0)."""
-    pred_x0 = (x - jnp.sqrt(1 - alpha) * eps) / jnp.sqrt(alpha)
+    pred_x0, eps = x0_and_eps(x, output, alpha, prediction_type)
     direction = jnp.sqrt(1 - alpha_prev - sigma**2) * eps
     return jnp.sqrt(alpha_prev) * pred_x0 + direction + sigma * noise, pred_x0
 
 
-def sample(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, schedule: DDIMSchedule,
+def sample(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, schedule: DDIMSchedule,
            key: jax.Array | None = None, noises: jax.Array | None = None,
            on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
     """Run the schedule from x_T (B, h, w, c) to x_0 in one `lax.scan`.
 
-    eps_fn(x, timesteps (B,)) returns the (guided) noise prediction. The stochastic part (eta > 0) draws
-    N(0, 1) from `key` (folded with the step index), or takes it from `noises` (S, B, h, w, c) when given,
-    so that a reference implementation can be fed the same draws. `on_step(i)` is called as a host callback
-    after each step (progress bars).
+    model_fn(x, timesteps (B,)) returns the (guided) model output, eps or v as schedule.prediction_type says.
+    The stochastic part (eta > 0) draws N(0, 1) from `key` (folded with the step index), or takes it from
+    `noises` (S, B, h, w, c) when given, so that a reference implementation can be fed the same draws.
+    `on_step(i)` is called as a host callback after each step (progress bars).
     """
     if noises is not None and noises.shape != (schedule.num_steps, *x_T.shape):
         raise ValueError(f"noises have shape {noises.shape}, expected {(schedule.num_steps, *x_T.shape)}")
@@ -88,14 +102,14 @@ def sample(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, 
 
     def body(x, inputs):
         index, t, alpha, alpha_prev, sigma = inputs
-        eps = eps_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
+        output = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
         if noises is not None:
             noise = noises[index]
         elif key is not None:  # multiplied by sigma = 0 when eta = 0
             noise = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
         else:
             noise = jnp.zeros_like(x)
-        x, _ = ddim_step(x, eps, alpha, alpha_prev, sigma, noise)
+        x, _ = ddim_step(x, output, alpha, alpha_prev, sigma, noise, schedule.prediction_type)
         if on_step is not None:
             jax.debug.callback(on_step, index)
         return x, None

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from customnet_jax.diffusion.ddim import SCHEDULES
+
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("metrics (embedding models from local transformers folders; nothing is downloaded)")
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--guidance", type=float, default=3.0)
     r.add_argument("--eta", type=float, default=0.0)
-    r.add_argument("--schedule", choices=("correct", "original"), default="correct")
+    r.add_argument("--schedule", choices=SCHEDULES, default=None, help="DDIM grid (default: the model's)")
     r.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)

@@ -73,7 +73,7 @@ class Protocol:
     steps: int = 50
     guidance: float = 3.0
     eta: float = 0.0
-    schedule: str = "correct"
+    schedule: str | None = None  # DDIM grid; None: the model's default (pipeline)
     model: str = ""
 
     def to_dict(self) -> dict:

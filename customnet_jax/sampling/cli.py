@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.sampling.outputs import write_results
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -66,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
     p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 as Zero-1-to-3's demo")
-    p.add_argument("--schedule", choices=("correct", "original"), default="correct",
-                   help="'original' reproduces the released sampler's dropped first step")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="DDIM timestep grid: 'original' reproduces the released sampler's dropped first step; "
+                        "default 'trailing' for zero-terminal-SNR models, else 'correct'")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")

@@ -106,10 +106,11 @@ class Pipeline:
                  views: Sequence[Sequence[float]] = ((0.0, 0.0, 0.0),), prompt: str = "", background: Any = None,
                  mask: Any = None, num_samples: int = 1, seed: int = 0, steps: int = 50, guidance: float = 3.0,
                  image_guidance: float = 0.0, text_guidance: float = 0.0, eta: float = 0.0,
-                 schedule: str = "correct", noises: np.ndarray | None = None, progress: bool = True) -> Result:
+                 schedule: str | None = None, noises: np.ndarray | None = None, progress: bool = True) -> Result:
         """Sample `num_samples` pictures for each view. The same seed gives the same initial noise for every
         view, so a multi-view sheet shows one object turning. `noises` (S, V*N, h, w, c) replaces the eta > 0
-        draws (for reference comparisons)."""
+        draws (for reference comparisons). `schedule` (the DDIM timestep grid, ddim.SCHEDULES): by default
+        "trailing" for a zero-terminal-SNR model, else "correct"."""
         c = self.config
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -118,7 +119,10 @@ class Pipeline:
         if c.is_zero123 and (prompt or text_guidance or bbox is not None or background is not None):
             raise ValueError("a Zero-1-to-3 model takes only the object and the viewpoint: no prompt, box or "
                              "background")
-        plan = ddim.ddim_schedule(self.alphas_cumprod, steps, eta, schedule)  # validates steps, eta, schedule
+        if schedule is None:
+            schedule = "trailing" if self.diffusion.zero_terminal_snr else "correct"
+        plan = ddim.ddim_schedule(self.alphas_cumprod, steps, eta, schedule,  # validates steps, eta, schedule
+                                  self.diffusion.prediction_type)
         box = conditioning.parse_bbox(bbox if bbox is not None else (0, 0, c.resolution, c.resolution),
                                       c.resolution)
         obj = self.prepare_object(object_image, mask)
@@ -215,19 +219,19 @@ class Pipeline:
         all_conditions = jnp.concatenate([groups[n][0] for n in names])
         all_context = jnp.concatenate([groups[n][1] for n in names])
 
-        def eps_fn(x, t):
+        def model_fn(x, t):  # the guided output (eps or v: guidance is linear in either)
             out = model.denoise(jnp.tile(x, (len(names), 1, 1, 1)), jnp.tile(t, len(names)), all_conditions,
                                 all_context)
-            eps = dict(zip(names, jnp.split(out, len(names)), strict=True))
-            guided = eps["uncond"] + scales[0] * (eps["cond"] - eps["uncond"])
-            if "image" in eps:
-                guided = guided + scales[1] * (eps["image"] - eps["uncond"])
-            if "text" in eps:
-                guided = guided + scales[2] * (eps["text"] - eps["uncond"])
+            outputs = dict(zip(names, jnp.split(out, len(names)), strict=True))
+            guided = outputs["uncond"] + scales[0] * (outputs["cond"] - outputs["uncond"])
+            if "image" in outputs:
+                guided = guided + scales[1] * (outputs["image"] - outputs["uncond"])
+            if "text" in outputs:
+                guided = guided + scales[2] * (outputs["text"] - outputs["uncond"])
             return guided
 
-        plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas)
-        latents = ddim.sample(eps_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
+        plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas, self.diffusion.prediction_type)
+        latents = ddim.sample(model_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
                               on_step=self._on_step if progress else None)
         images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
         return images, latents

@@ -18,12 +18,17 @@ TEXT_KV = ("to_k_text", "to_v_text")
 
 
 def lr_schedule(train: Any) -> optax.Schedule:
-    """Linear warm-up from 0 over `warmup_steps`, then constant `learning_rate`."""
-    if train.warmup_steps <= 0:
-        return optax.constant_schedule(train.learning_rate)
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, train.learning_rate, train.warmup_steps),
-         optax.constant_schedule(train.learning_rate)], [train.warmup_steps])
+    """Linear warm-up from 0 over `warmup_steps`, constant `learning_rate`, then a linear cool-down to 0 over the
+    last `cooldown_steps` of `num_steps` (warmup-stable-decay: a run of the stable phase can be extended or
+    cooled down later from its checkpoints, since the schedule before the cool-down does not depend on its end)."""
+    pieces, boundaries = [optax.constant_schedule(train.learning_rate)], []
+    if train.warmup_steps > 0:
+        pieces.insert(0, optax.linear_schedule(0.0, train.learning_rate, train.warmup_steps))
+        boundaries.append(train.warmup_steps)
+    if train.cooldown_steps > 0:
+        pieces.append(optax.linear_schedule(train.learning_rate, 0.0, train.cooldown_steps))
+        boundaries.append(train.num_steps - train.cooldown_steps)
+    return optax.join_schedules(pieces, boundaries) if boundaries else pieces[0]
 
 
 def _is_text_kv(keypath: tuple) -> bool:

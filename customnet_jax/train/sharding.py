@@ -79,6 +79,10 @@ def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple
             problems.append(f"train.{name}={getattr(train, name)}: must be a probability in [0, 1]")
     if train.num_steps < 1 or train.checkpoint_every < 1 or train.log_every < 1:
         problems.append("train.num_steps, train.checkpoint_every and train.log_every must be >= 1")
+    warmup, cooldown = train.warmup_steps, train.cooldown_steps
+    if warmup < 0 or cooldown < 0 or warmup + cooldown > train.num_steps:
+        problems.append(f"train.warmup_steps={warmup} and train.cooldown_steps={cooldown} must be >= 0 and "
+                        f"together fit in train.num_steps={train.num_steps}")
     if not 0 <= train.ema_decay < 1:
         problems.append(f"train.ema_decay={train.ema_decay}: use 0 (no EMA) or a decay in (0, 1)")
     if problems:

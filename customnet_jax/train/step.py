@@ -8,8 +8,9 @@ accumulation does not change them):
   CLIP image embedding of the object and the CLIP text embedding of the caption; or all of them precomputed;
   condition dropout per sample (flags from the data): drop_image zeroes the image embedding before
   cc_projection, drop_object zeroes the object latent, drop_text swaps the text for the embedding of "";
-  trained (UNet + cc_projection): eps_hat = UNet([q(z_t | z0) | conditions], t, [cc_proj(emb ++ T) | text]);
-  loss = mean over the batch of mean over (h, w, c) of (eps_hat - eps)^2.
+  trained (UNet + cc_projection): out = UNet([q(z_t | z0) | conditions], t, [cc_proj(emb ++ T) | text]);
+  loss = mean over the batch of mean over (h, w, c) of (out - target)^2, target = eps (SD 1.x, default) or
+  v = sqrt(a_t) eps - sqrt(1 - a_t) z0 (diffusion.prediction_type = "v_prediction").
 With grad_accum_steps = A the batch is cut into A micro-batches (sample i goes to micro-batch i mod A, so that
 every micro-batch stays spread over all devices) and a scan sums their gradients before one AdamW update.
 """
@@ -27,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod
+from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training_target
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.optimizer import ema_update
 
@@ -87,13 +88,15 @@ def conditioning(model: Any, config: Any, batch: dict, null_text: jax.Array | No
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
-def eps_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Array, alphas: jax.Array) -> jax.Array:
-    """The eps-prediction MSE: mean over (h, w, c), then over the batch."""
+def denoising_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Array, alphas: jax.Array,
+                   prediction_type: str = "epsilon") -> jax.Array:
+    """The MSE of the UNet's output against its target (eps or v): mean over (h, w, c), then over the batch."""
     token = model.project_object(feats["image_embedding"], feats["view"])
     context = model.context(token, feats.get("text"))
     noisy = add_noise(feats["z0"], noise, timesteps, alphas)
-    eps = model.denoise(noisy, timesteps, feats["conditions"], context)
-    return jnp.mean(jnp.mean(jnp.square(eps.astype(jnp.float32) - noise), axis=(1, 2, 3)))
+    output = model.denoise(noisy, timesteps, feats["conditions"], context)
+    target = training_target(feats["z0"], noise, timesteps, alphas, prediction_type)
+    return jnp.mean(jnp.mean(jnp.square(output.astype(jnp.float32) - target), axis=(1, 2, 3)))
 
 
 def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
@@ -136,8 +139,8 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
             feats = conditioning(encoders, config, micro, null_text)
 
             def loss_of(p):
-                return eps_loss(nnx.merge(graphdef, p, frozen["params"]), feats, micro["timesteps"],
-                                micro["noise"], alphas)
+                return denoising_loss(nnx.merge(graphdef, p, frozen["params"]), feats, micro["timesteps"],
+                                      micro["noise"], alphas, config.diffusion.prediction_type)
 
             return jax.value_and_grad(loss_of)(params)
 
