@@ -84,6 +84,7 @@ class DemoScores:
     view_wins: float  # share of scenes where the requested view wins
     background_error: float  # mean colour outside the box vs the truth's (0: exact)
     background_error_other: float  # the same against the other scenes' truths (what ignoring the caption gives)
+    background_margin: float  # background_error_other - background_error: > 0 when the caption is followed
     identity: float  # colour histogram vs the truth at each view of the sheet
     sheet_consistency: float  # colour histogram across the sheet
     scenes: int
@@ -144,6 +145,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                       view_margin=float(margins.mean()), view_wins=float((margins > 0).mean()),
                       background_error=float(np.diag(distance).mean()),
                       background_error_other=float(other.mean()) if other.size else float("nan"),
+                      background_margin=float(other.mean() - np.diag(distance).mean()) if other.size else float("nan"),
                       identity=float(r[:, 4].mean()), sheet_consistency=float(np.nanmean(r[:, 5])),
                       scenes=num_scenes, steps=steps)
 
