@@ -15,15 +15,19 @@ SIZE = 64
 class StandIn:
     """Answers like a Pipeline: images (V, 1, R, R, 3) for the requested views of the scene of the prompt."""
 
-    def __init__(self, mode: str, num_scenes: int):
-        self.config = types.SimpleNamespace(resolution=SIZE, is_zero123=False, has_background=False)
+    def __init__(self, mode: str, num_scenes: int, composition: bool = False):
+        self.config = types.SimpleNamespace(resolution=SIZE, is_zero123=False, has_background=composition)
         self.scenes = {s.caption: s for s in (measure.held_out_scene(i, SIZE) for i in range(num_scenes))}
         self.captions = list(self.scenes)
         self.mode = mode
 
-    def __call__(self, object_image, *, views, bbox, prompt, **_):
+    def __call__(self, object_image, *, views, bbox, prompt, background=None, **_):
         scene = self.scenes[prompt]
         assert tuple(bbox) == scene.box_pixels and object_image.shape == (SIZE, SIZE, 3)
+        if self.config.has_background:  # given the scene's background, as float in [-1, 1]
+            np.testing.assert_allclose((background + 1) * 127.5, scene.background, atol=1e-3)
+        else:
+            assert background is None
         if self.mode == "oracle":
             pictures = [measure.truth_and_mask(scene, v)[0] for v in views]
         elif self.mode == "ignores caption":  # the right object, on the background of another scene
@@ -37,8 +41,8 @@ class StandIn:
         return types.SimpleNamespace(images=np.stack(pictures)[:, None])
 
 
-def scores(mode: str, num_scenes: int = 6) -> measure.DemoScores:
-    return measure.evaluate(StandIn(mode, num_scenes), num_scenes=num_scenes, steps=1)
+def scores(mode: str, num_scenes: int = 6, composition: bool = False) -> measure.DemoScores:
+    return measure.evaluate(StandIn(mode, num_scenes, composition), num_scenes=num_scenes, steps=1)
 
 
 def test_oracle_scores_near_perfect():
@@ -61,6 +65,13 @@ def test_ignoring_the_view_loses_the_margin():
     assert blind.view_agreement < oracle.view_agreement - 0.3
     assert abs(blind.view_agreement - blind.wrong_view_agreement) < 1e-9 and blind.view_wins == 0.0
     assert blind.object_box_iou > 0.5  # still in the right place
+
+
+def test_composition_psnr_outside_the_box():
+    """Given the background, the oracle keeps it exactly outside the box; painting another scene's does not."""
+    assert scores("oracle", composition=True).composition_psnr >= 60  # identical pixels: measures.psnr's cap
+    assert scores("ignores caption", composition=True).composition_psnr < 15
+    assert np.isnan(scores("oracle").composition_psnr)  # prompt models: not measured
 
 
 def test_background_only_fails_location_and_identity():

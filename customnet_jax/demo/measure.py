@@ -18,6 +18,7 @@ object (the world never paints an object in its background's colours).
 - Background (the caption): distance between the mean colour outside the box of the picture and of the
   truth (RGB, 0-1 per channel, Euclidean), against the same distance to the other scenes' truths. A model
   that follows the caption is much nearer its own scene's background than the others'.
+- Composition (a model given the background picture): PSNR outside the box against that background.
 - Identity: colour-histogram intersection of the object's pixels in each picture of the multi-view sheet
   with the ground-truth render at that view (colours preserved while turning), and the pairwise
   consistency across the sheet.
@@ -85,6 +86,7 @@ class DemoScores:
     background_error: float  # mean colour outside the box vs the truth's (0: exact)
     background_error_other: float  # the same against the other scenes' truths (what ignoring the caption gives)
     background_margin: float  # background_error_other - background_error: > 0 when the caption is followed
+    composition_psnr: float  # dB outside the box vs the given background (composition models; nan otherwise)
     identity: float  # colour histogram vs the truth at each view of the sheet
     sheet_consistency: float  # colour histogram across the sheet
     scenes: int
@@ -95,23 +97,27 @@ class DemoScores:
                 f"(requested box {self.location_iou:.3f}) | "
                 f"viewpoint agreement {self.view_agreement:.3f} vs wrong view {self.wrong_view_agreement:.3f} "
                 f"(margin {self.view_margin:+.3f}, requested view wins in {self.view_wins:.0%}) | background colour "
-                f"error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | identity "
+                f"error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | "
+                + (f"composition PSNR {self.composition_psnr:.1f} dB | " if np.isfinite(self.composition_psnr) else "")
+                + "identity "
                 f"{self.identity:.3f} (sheet consistency {self.sheet_consistency:.3f}) | {self.scenes} held-out "
                 f"scenes, {self.steps} DDIM steps")
 
 
-def condition_object(scene: synthetic.Scene) -> np.ndarray:
-    """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
-    return scene.object.astype(np.float32) / 127.5 - 1
+def condition_object(scene: synthetic.Scene, picture: np.ndarray | None = None) -> np.ndarray:
+    """The scene's object as the model is given it (the condition view on white), or another of its uint8
+    pictures (`picture`), as float (R, R, 3) in [-1, 1]."""
+    return (scene.object if picture is None else picture).astype(np.float32) / 127.5 - 1
 
 
 def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0, guidance: float = 3.0,
              sheet_azimuths: tuple[float, ...] = SHEET_AZIMUTHS, figure_rows: list | None = None) -> DemoScores:
     """Scores of `pipeline` (a customnet_jax.sampling.Pipeline of a prompt model) on held-out scenes.
     `figure_rows`, if given, receives one `comparison_figure` row per scene."""
-    if pipeline.config.is_zero123 or pipeline.config.has_background:
-        raise ValueError("the demo measures take a prompt-driven CustomNet model (in_channels 8)")
-    rows, backgrounds = [], []  # backgrounds: (mean colour outside the box of the picture, of the truth)
+    if pipeline.config.is_zero123:
+        raise ValueError("the demo measures take a CustomNet model (prompt-driven or composition), not Zero-1-to-3")
+    composition = pipeline.config.has_background
+    rows, backgrounds, psnrs = [], [], []  # backgrounds: (mean colour outside the box of the picture, of the truth)
     for index in range(num_scenes):
         scene = held_out_scene(index, pipeline.config.resolution)
         requested = relative_degrees(scene)
@@ -120,7 +126,8 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
         truths = [truth_and_mask(scene, v) for v in [requested, *sheet_views]]
         pictures = pipeline(condition_object(scene), views=[requested, wrong, *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
-                            guidance=guidance, progress=False).images[:, 0]
+                            guidance=guidance, progress=False,
+                            background=condition_object(scene, scene.background) if composition else None).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]
@@ -133,6 +140,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                      measures.identity_consistency(list(sheet), sheet_found)["colour"]])
         outside = ~measures.box_mask(truth.shape, scene.box_pixels)
         backgrounds.append([pictures[0][outside].mean(0) / 255.0, truth[outside].mean(0) / 255.0])
+        psnrs.append(measures.psnr(pictures[0], scene.background, outside) if composition else np.nan)
         if figure_rows is not None:
             figure_rows.append([scene.object, truth, pictures[0], pictures[1], truth_and_mask(scene, wrong)[0]])
     r = np.asarray(rows, np.float64)
@@ -146,7 +154,8 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                       background_error=float(np.diag(distance).mean()),
                       background_error_other=float(other.mean()) if other.size else float("nan"),
                       background_margin=float(other.mean() - np.diag(distance).mean()) if other.size else float("nan"),
-                      identity=float(r[:, 4].mean()), sheet_consistency=float(np.nanmean(r[:, 5])),
+                      composition_psnr=float(np.mean(psnrs)), identity=float(r[:, 4].mean()),
+                      sheet_consistency=float(np.nanmean(r[:, 5])),
                       scenes=num_scenes, steps=steps)
 
 

@@ -7,7 +7,10 @@
     5. train.py's loop on the precomputed data (configs/demo.py, eps prediction)   workdirs/demo/run
     6. fine-tune stage 5's model to v-prediction on a zero-terminal-SNR schedule
        (configs/demo_zero_snr.py)                                                workdirs/demo/zero_snr
-    7. ship the exported model folder                                            customnet_jax/assets/demo_model
+    7. ship it                                                                   customnet_jax/assets/demo_model
+    8. the composition variant: stage 6's model + background channels, fine-tuned
+       (configs/demo_composition.py)                                             workdirs/demo/composition
+    9. ship it                                                     customnet_jax/assets/demo_composition_model
 Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
 (stages 5 and 6 resume from their last checkpoints).
 """
@@ -25,6 +28,7 @@ from customnet_jax.experiment import Config, DataConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "customnet_jax" / "assets" / "demo_model"
+SHIPPED_COMPOSITION = ROOT / "customnet_jax" / "assets" / "demo_composition_model"
 
 
 def log(message: str) -> None:
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
     parser.add_argument("--finetune-config", default=str(ROOT / "configs" / "demo_zero_snr.py"),
                         help="stage 6 ('' to skip it and ship stage 5's model)")
+    parser.add_argument("--composition-config", default=str(ROOT / "configs" / "demo_composition.py"),
+                        help="stage 8 ('' to skip it)")
     parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--decoder-steps", type=int, default=1500, help="then the VAE decoder alone")
@@ -103,19 +109,28 @@ def main(argv: list[str] | None = None) -> None:
     log("training (resumes from workdir/run/checkpoints if present)")
     train(config, workdir / "run", log=log)
     exported = workdir / "run" / "model"
+
+    def fine_tune(path: str, init: pathlib.Path, name: str, what: str) -> pathlib.Path:
+        """train.py on config file `path` from the model folder `init`, with stage 5's data and latent scale."""
+        stage = override(load_config(path), args.overrides)
+        model = dataclasses.replace(config.model, unet=stage.model.unet)  # in_channels may differ
+        stage = dataclasses.replace(stage, model=model, data=config.data,
+                                    train=dataclasses.replace(stage.train, init_from=str(init)))
+        log(f"fine-tuning: {what} (resumes from workdir/{name}/checkpoints)")
+        train(stage, workdir / name, log=log)
+        return workdir / name / "model"
+
     if args.finetune_config:
-        finetune = override(load_config(args.finetune_config), args.overrides)
-        finetune = dataclasses.replace(
-            finetune, model=config.model, data=config.data,
-            train=dataclasses.replace(finetune.train, init_from=str(exported)))
-        log("fine-tuning to v-prediction, zero terminal SNR (resumes from workdir/zero_snr/checkpoints)")
-        train(finetune, workdir / "zero_snr", log=log)
-        exported = workdir / "zero_snr" / "model"
-    if not args.no_ship:
-        if SHIPPED.exists():
-            shutil.rmtree(SHIPPED)
-        shutil.copytree(exported, SHIPPED)
-        log(f"shipped {exported} -> {SHIPPED}")
+        exported = fine_tune(args.finetune_config, exported, "zero_snr", "v-prediction, zero terminal SNR")
+    ship = [(exported, SHIPPED)]
+    if args.composition_config:
+        composition = fine_tune(args.composition_config, exported, "composition", "the composition variant")
+        ship.append((composition, SHIPPED_COMPOSITION))
+    for source, destination in ship if not args.no_ship else []:
+        if destination.exists():
+            shutil.rmtree(destination)
+        shutil.copytree(source, destination)
+        log(f"shipped {source} -> {destination}")
     log(f"done in {(time.time() - started) / 60:.1f} min")
 
 

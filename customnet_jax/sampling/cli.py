@@ -17,6 +17,7 @@ from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.sampling.outputs import write_results
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
 VALUE_FLAGS = ("--polar", "--azimuth", "--radius", "--bbox")
 
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sample.py",
         description="Put an object into generated pictures with control of its box, viewpoint and background. "
                     "With no arguments: the built-in demo model and object, a multi-view sheet in outputs/.")
+    p.add_argument("--demo", choices=("prompt", "composition"), default="prompt",
+                   help="without --checkpoint: the built-in demo model, background from the prompt or (composition) "
+                        "from a picture (--background; the built-in example brings its own)")
     p.add_argument("--checkpoint", help="model folder (convert_weights.py output or train.py export); "
                                         "default: the built-in demo model")
     p.add_argument("--object", help="object picture: RGBA (alpha = object) or RGB on white; default: built-in")
@@ -112,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         label = args.checkpoint
     else:
-        pipeline, label = demo_pipeline(DEMO_FOLDER, dtype)
+        composition = args.demo == "composition"
+        pipeline, label = demo_pipeline(DEMO_COMPOSITION_FOLDER if composition else DEMO_FOLDER, dtype,
+                                        in_channels=12 if composition else 8)
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
@@ -133,8 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bbox = [float(v) for v in example.box]
     if bbox is not None and len(bbox) != 4:
         raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
+    background = args.background
+    if background is None and built_in and pipeline.config.has_background:
+        background = condition_object(example, example.background)  # the built-in example's own background
     try:
-        result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=args.background,
+        result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
                           mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
                           guidance=args.guidance, image_guidance=args.image_guidance,
                           text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
@@ -143,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
     result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
-                           background_file=args.background, bf16=args.bf16)
+                           background_file=args.background or (background is not None and "built-in") or None,
+                           bf16=args.bf16)
     files = write_results(result, args.out, args.name)
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
