@@ -75,3 +75,16 @@ def test_value_lists_and_ranges():
     assert len(views_from([0.0, 10.0], [0.0, 30.0, 60.0], [0.0])) == 6
     with pytest.raises(SystemExit):
         parse_values("a:b", "polar")
+
+
+@pytest.mark.parametrize("demo", ["prompt", "composition"])
+def test_built_in_demo_models_run_with_no_inputs(tmp_path, demo):
+    """`sample.py` (and `--demo composition`) with nothing else: the shipped model, the built-in example's object,
+    box, caption and, for the composition model, its background; a 5-view sheet by default."""
+    out = tmp_path / demo
+    assert main(["--demo", demo, "--steps", "2", "--azimuth", "-90:90:3", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "sample.json").read_text())
+    assert settings["model"]["format"] == "customnet-jax train.py"  # a trained export, not the random fallback
+    assert settings["background"] is (demo == "composition")
+    assert settings["background_file"] == ("built-in" if demo == "composition" else None)
+    assert len(settings["views"]) == 3 and settings["prompt"]
