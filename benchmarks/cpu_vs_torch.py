@@ -36,20 +36,21 @@ sys.path.insert(0, str(ROOT))
 GUIDANCE = 3.0
 TEXT_TOKENS = 77
 
-# The JAX speed-up attempts of --variants: name -> extra command-line arguments of a child run. The XLA flags
+# The JAX speed-up attempts of --variants: name -> extra command-line arguments of a child run (values that
+# start with '--' joined with '=' so that argparse takes them as values). The XLA flags
 # are tried on top of the per-head attention (the one change that clearly helps, see RESULTS.md).
 PER_HEAD = ["--attention", "per_head"]
 VARIANTS = {
     "baseline": [],
     "einsum attention": ["--attention", "einsum"],
     "per-head attention": PER_HEAD,
-    "per-head + thunk runtime off": [*PER_HEAD, "--xla-flags", "--xla_cpu_use_thunk_runtime=false"],
-    "per-head + XNNPACK": [*PER_HEAD, "--xla-flags", "--xla_cpu_use_xnnpack=true"],
-    "per-head + YNN conv+dot": [*PER_HEAD, "--xla-flags",
-                                "--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot"],
-    "per-head + oneDNN": [*PER_HEAD, "--xla-flags",
-                          "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"],
-    "per-head + fast math": [*PER_HEAD, "--xla-flags", "--xla_cpu_enable_fast_math=true"],
+    "per-head + thunk runtime off": [*PER_HEAD, "--xla-flags=--xla_cpu_use_thunk_runtime=false"],
+    "per-head + XNNPACK": [*PER_HEAD, "--xla-flags=--xla_cpu_use_xnnpack=true"],
+    "per-head + YNN conv+dot": [*PER_HEAD,
+                                "--xla-flags=--xla_cpu_experimental_ynn_fusion_type=individual_convolution,individual_dot"],
+    "per-head + oneDNN": [*PER_HEAD, "--xla-flags=--xla_cpu_use_onednn=true "
+                                     "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce"],
+    "per-head + fast math": [*PER_HEAD, "--xla-flags=--xla_cpu_enable_fast_math=true"],
     "per-head + bf16 compute": [*PER_HEAD, "--jax-dtype", "bfloat16"],
 }
 
