@@ -69,7 +69,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--xla-flags", default="", help="extra XLA_FLAGS for the JAX side (set before jax import)")
     parser.add_argument("--attention", choices=("xla", "einsum", "per_head"), default="xla",
                         help="xla: layers.attention (jax.nn.dot_product_attention); einsum: plain einsum/softmax; "
-                             "per_head: one (sample, head) at a time, rematerialised (per_head_attention)")
+                             "per_head: one (sample, head) at a time, rematerialised (UNet(attention='per_head'))")
     parser.add_argument("--jax-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--omp-wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE"),
                         help="OMP_WAIT_POLICY for torch's OpenMP threads (set before torch is imported)")
@@ -103,30 +103,6 @@ def einsum_attention(q, k, v, heads, *, causal=False, implementation=None):
     logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32) * d**-0.5
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, vh).reshape(b, tq, c)
-
-
-def per_head_attention(q, k, v, heads, *, causal=False, implementation=None):
-    """Attention one (sample, head) at a time (lax.map), each recomputed in the backward pass (jax.checkpoint):
-    the (Tq, Tk) logits of one head (4 MB at 1024 tokens) stay in cache instead of the whole batch's
-    (B, heads, Tq, Tk) tensor going through memory several times (XLA:CPU has no fused attention kernel;
-    PyTorch's CPU scaled_dot_product_attention is a blocked flash-attention kernel)."""
-    import jax
-    import jax.numpy as jnp
-
-    del implementation
-    assert not causal
-    b, tq, c = q.shape
-    d = c // heads
-    to_heads = lambda x: x.reshape(b, x.shape[1], heads, d).transpose(0, 2, 1, 3).reshape(b * heads, x.shape[1], d)
-
-    @jax.checkpoint
-    def one(qkv):
-        qh, kh, vh = qkv
-        logits = jnp.dot(qh, kh.T, preferred_element_type=jnp.float32) * d**-0.5
-        return jnp.dot(jax.nn.softmax(logits, axis=-1).astype(vh.dtype), vh)
-
-    out = jax.lax.map(one, (to_heads(q), to_heads(k), to_heads(v)))
-    return out.reshape(b, heads, tq, d).transpose(0, 2, 1, 3).reshape(b, tq, c)
 
 
 class Interleaved:
@@ -172,8 +148,8 @@ def benchmark(args) -> dict:
     from tests.test_sampling import reference_scheduler
     from tests.torch_reference import diffusers_unet, random_ldm_state
 
-    if args.attention != "xla":
-        unet_module.attention = {"einsum": einsum_attention, "per_head": per_head_attention}[args.attention]
+    if args.attention == "einsum":
+        unet_module.attention = einsum_attention
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
     config = unet_config(args)
@@ -181,7 +157,8 @@ def benchmark(args) -> dict:
 
     # ---- the same weights and inputs on both sides
     ldm_state = random_ldm_state(config, seed=0)
-    build = lambda: UNet(config, rngs=nnx.Rngs(0), dtype=dtype)
+    build = lambda: UNet(config, rngs=nnx.Rngs(0), dtype=dtype,
+                         attention="per_head" if args.attention == "per_head" else None)
     params_np = R.import_tensors(ldm_state, unet_rules(config), param_shapes(abstract_model(build)))
     ours = model_with_params(build, params_np)
     graphdef, params = nnx.split(ours)

@@ -111,11 +111,13 @@ def save_model_folder(path: str | pathlib.Path, params: dict, model_config: Cust
 
 
 def load_model(path: str | pathlib.Path, *, dtype: Any = jnp.float32, remat: bool = False,
-               sharding: Any = None) -> tuple[CustomNet, ModelFolder]:
+               sharding: Any = None, attention: str | None = None) -> tuple[CustomNet, ModelFolder]:
     """The CustomNet of a model folder, parameters restored (placed with `sharding`: a
-    jax.sharding.Sharding for all, or a function path -> Sharding; default: the first device)."""
+    jax.sharding.Sharding for all, or a function path -> Sharding; default: the first device).
+    `attention`: the UNet's attention implementation (models/layers.py)."""
     folder = read_folder(path)
-    model = abstract_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat))
+    model = abstract_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat,
+                                             attention=attention))
     state = nnx.state(model, nnx.Param)
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 

@@ -88,9 +88,10 @@ def identity_projection_init(key, shape, dtype=jnp.float32) -> jax.Array:
 
 
 class CustomNet(nnx.Module):
-    def __init__(self, config: CustomNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+    def __init__(self, config: CustomNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+                 attention: str | None = None):
         self.config = config
-        self.unet = UNet(config.unet, rngs=rngs, dtype=dtype, remat=remat)
+        self.unet = UNet(config.unet, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
         self.vae = VAE(config.vae, rngs=rngs, dtype=dtype)
         self.image_encoder = CLIPImageEncoder(config.image_encoder, rngs=rngs, dtype=dtype)
         self.text_encoder = (None if config.text_encoder is None

@@ -39,16 +39,46 @@ def split_heads(x: jax.Array, heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "per_head")
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, causal: bool = False,
               implementation: str | None = None) -> jax.Array:
     """Multi-head scaled dot-product attention, scale head_dim^-0.5, softmax in float32.
 
-    q: (B, Tq, C), k/v: (B, Tk, C) -> (B, Tq, C).
+    q: (B, Tq, C), k/v: (B, Tk, C) -> (B, Tq, C). `implementation`: None (jax's choice), "xla", "cudnn"
+    (jax.nn.dot_product_attention's), or "per_head": one (sample, head) at a time, for CPUs (`per_head_attention`).
     """
+    if implementation == "per_head":
+        return per_head_attention(q, k, v, heads, causal=causal)
     batch, length, channels = q.shape
     out = jax.nn.dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
                                        is_causal=causal, implementation=implementation)
     return out.reshape(batch, length, channels)
+
+
+def per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, causal: bool = False) -> jax.Array:
+    """Attention one (sample, head) at a time (lax.map), each recomputed in the backward pass (jax.checkpoint).
+
+    XLA:CPU has no fused attention kernel: jax.nn.dot_product_attention there materialises the whole
+    (B, heads, Tq, Tk) logits several times, while one head's (Tq, Tk) (4 MB at 1024 tokens) stays in cache.
+    Measured on a 2-core CPU (benchmarks/RESULTS.md): the UNet forward and the sampling loop twice as fast.
+    """
+    b, tq, c = q.shape
+    d = c // heads
+    to_heads = lambda x: x.reshape(b, x.shape[1], heads, d).transpose(0, 2, 1, 3).reshape(b * heads, x.shape[1], d)
+    mask = jnp.tril(jnp.ones((tq, k.shape[1]), bool)) if causal else None
+
+    @jax.checkpoint
+    def one(qkv):
+        qh, kh, vh = qkv
+        logits = jnp.dot(qh, kh.T, preferred_element_type=jnp.float32) * d**-0.5
+        if mask is not None:
+            logits = jnp.where(mask, logits, -jnp.inf)
+        return jnp.dot(jax.nn.softmax(logits, axis=-1).astype(vh.dtype), vh)
+
+    out = jax.lax.map(one, (to_heads(q), to_heads(k), to_heads(v)))
+    return out.reshape(b, heads, tq, d).transpose(0, 2, 1, 3).reshape(b, tq, c)
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from customnet_jax.models.layers import GroupNorm, LayerNorm, attention
+from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS, GroupNorm, LayerNorm, attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +109,18 @@ class Attention(nnx.Module):
         self.to_k_text = linear(context_dim) if text_kv else None
         self.to_v_text = linear(context_dim) if text_kv else None
         self.to_out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+        self.implementation: str | None = None  # layers.attention's; set for the whole UNet by UNet(attention=)
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         q = self.to_q(x)
+        run = lambda k, v: attention(q, k, v, self.heads, implementation=self.implementation)
         if context is None:  # self-attention
-            return self.to_out(attention(q, self.to_k(x), self.to_v(x), self.heads))
+            return self.to_out(run(self.to_k(x), self.to_v(x)))
         objects = context[:, :self.object_tokens]
-        out = attention(q, self.to_k(objects), self.to_v(objects), self.heads)
+        out = run(self.to_k(objects), self.to_v(objects))
         if self.to_k_text is not None:
             text = context[:, self.object_tokens:]
-            out = out + attention(q, self.to_k_text(text), self.to_v_text(text), self.heads)
+            out = out + run(self.to_k_text(text), self.to_v_text(text))
         return self.to_out(out)
 
 
@@ -225,9 +227,13 @@ class UNet(nnx.Module):
     context = [object token(s) | text tokens] in CustomNet mode, the object token(s) alone in zero123 mode.
     `down_levels[l]` is level l (downsample 2**l); `up_levels[k]` runs k-th, from the deepest level up.
     `remat` recomputes each block's activations in the backward pass (jax.checkpoint) to save memory.
+    `attention` picks layers.attention's implementation (None: jax's; "per_head" is the fast one on CPUs).
     """
 
-    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+                 attention: str | None = None):
+        if attention is not None and attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention {attention!r}: use None or one of {ATTENTION_IMPLEMENTATIONS}")
         self.config = config
         self.dtype = dtype
         self.remat = remat
@@ -268,6 +274,9 @@ class UNet(nnx.Module):
         self.up_levels = nnx.List(up)
         self.norm_out = GroupNorm(cin, groups=groups, epsilon=1e-5, rngs=rngs)
         self.conv_out = _conv(cin, c.out_channels, 3, rngs, dtype)
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, Attention):
+                module.implementation = attention
 
     def _run(self, block: nnx.Module, *args: jax.Array) -> jax.Array:
         if self.remat:

@@ -10,10 +10,12 @@ import re
 import sys
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from customnet_jax.diffusion.ddim import SCHEDULES
+from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.outputs import write_results
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM timestep grid: 'original' reproduces the released sampler's dropped first step; "
                         "default 'trailing' for zero-terminal-SNR models, else 'correct'")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    p.add_argument("--attention", choices=("auto", *ATTENTION_IMPLEMENTATIONS), default="auto",
+                   help="the UNet's attention implementation; auto: per_head on a CPU (the benchmark UNet's "
+                        "forward 1.8x faster there at 32x32 latents, benchmarks/RESULTS.md), jax's choice elsewhere")
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
@@ -108,9 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
+    attention = args.attention
+    if attention == "auto":
+        attention = "per_head" if jax.default_backend() == "cpu" else None
     if args.checkpoint:
         try:
-            pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype)
+            pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention)
         except ValueError as error:
             print(f"sample.py: error: {error}", file=sys.stderr)
             return 2
@@ -118,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         composition = args.demo == "composition"
         pipeline, label = demo_pipeline(DEMO_COMPOSITION_FOLDER if composition else DEMO_FOLDER, dtype,
-                                        in_channels=12 if composition else 8)
+                                        in_channels=12 if composition else 8, attention=attention)
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
@@ -153,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
                            background_file=args.background or (background is not None and "built-in") or None,
-                           bf16=args.bf16)
+                           bf16=args.bf16, attention=attention)
     files = write_results(result, args.out, args.name)
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "

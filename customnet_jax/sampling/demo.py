@@ -13,15 +13,17 @@ from customnet_jax.sampling.pipeline import Pipeline
 RANDOM_LABEL = "RANDOM WEIGHTS: a small untrained model (no demo model folder is shipped yet)"
 
 
-def demo_pipeline(folder: pathlib.Path, dtype: Any, in_channels: int = 8) -> tuple[Pipeline, str]:
+def demo_pipeline(folder: pathlib.Path, dtype: Any, in_channels: int = 8,
+                  attention: str | None = None) -> tuple[Pipeline, str]:
     """The shipped demo model if present, else a clearly labelled small random model (UNet `in_channels`)."""
     if (folder / "config.json").is_file():
-        return Pipeline.from_folder(folder, dtype=dtype), f"built-in demo model ({folder})"
+        return Pipeline.from_folder(folder, dtype=dtype, attention=attention), f"built-in demo model ({folder})"
     from configs.tiny import tiny_model
     from customnet_jax.models.build import initialized_model
     from customnet_jax.models.customnet import CustomNet
 
-    model = initialized_model(lambda: CustomNet(tiny_model(in_channels), rngs=nnx.Rngs(0), dtype=dtype), seed=0)
+    model = initialized_model(lambda: CustomNet(tiny_model(in_channels), rngs=nnx.Rngs(0), dtype=dtype,
+                                                 attention=attention), seed=0)
     return Pipeline(model), RANDOM_LABEL
 
 

@@ -68,8 +68,8 @@ class Pipeline:
         self._generate = jax.jit(self._generate_program, static_argnames=("guidance_terms", "progress"))
 
     @classmethod
-    def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32) -> Pipeline:
-        model, folder = load_model(path, dtype=dtype)
+    def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32, attention: str | None = None) -> Pipeline:
+        model, folder = load_model(path, dtype=dtype, attention=attention)
         return cls(model, folder.diffusion, folder, folder.tokenizer_path)
 
     # ------------------------------------------------------------------------------------------ host side
