@@ -32,8 +32,8 @@ class StandIn:
             pictures = [measure.truth_and_mask(scene, v)[0] for v in views]
         elif self.mode == "ignores caption":  # the right object, on the background of another scene
             other = self.scenes[self.captions[(self.captions.index(prompt) + 1) % len(self.captions)]]
-            pictures = [np.where(measure.truth_and_mask(scene, v)[1][..., None], measure.truth_and_mask(scene, v)[0],
-                                 other.background) for v in views]
+            pictures = [np.where(mask[..., None], truth, other.background)
+                        for truth, mask in (measure.truth_and_mask(scene, v) for v in views)]
         elif self.mode == "ignores view":
             pictures = [measure.truth_and_mask(scene, (0.0, 0.0, 0.0))[0]] * len(views)
         else:  # "background only"

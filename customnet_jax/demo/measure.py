@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from customnet_jax.data import synthetic
+from customnet_jax.data import images, synthetic
 from customnet_jax.evaluation import measures
 
 HELD_OUT_WORLD_SEED = 1
@@ -104,10 +104,9 @@ class DemoScores:
                 f"scenes, {self.steps} DDIM steps")
 
 
-def condition_object(scene: synthetic.Scene, picture: np.ndarray | None = None) -> np.ndarray:
-    """The scene's object as the model is given it (the condition view on white), or another of its uint8
-    pictures (`picture`), as float (R, R, 3) in [-1, 1]."""
-    return (scene.object if picture is None else picture).astype(np.float32) / 127.5 - 1
+def condition_object(scene: synthetic.Scene) -> np.ndarray:
+    """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
+    return images.to_float(scene.object)
 
 
 def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0, guidance: float = 3.0,
@@ -127,7 +126,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
         pictures = pipeline(condition_object(scene), views=[requested, wrong, *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False,
-                            background=condition_object(scene, scene.background) if composition else None).images[:, 0]
+                            background=images.to_float(scene.background) if composition else None).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]

@@ -12,7 +12,7 @@
        (configs/demo_composition.py)                                             workdirs/demo/composition
     9. ship it                                                     customnet_jax/assets/demo_composition_model
 Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
-(stages 5 and 6 resume from their last checkpoints).
+(the training stages 5, 6 and 8 resume from their last checkpoints).
 """
 
 from __future__ import annotations

@@ -149,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
     background = args.background
     if background is None and built_in and pipeline.config.has_background:
-        background = condition_object(example, example.background)  # the built-in example's own background
+        from customnet_jax.data.images import to_float
+
+        background = to_float(example.background)  # the built-in example's own background
     try:
         result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
                           mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
@@ -160,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
     result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
-                           background_file=args.background or (background is not None and "built-in") or None,
+                           background_file=args.background or ("built-in" if background is not None else None),
                            bf16=args.bf16, attention=attention)
     files = write_results(result, args.out, args.name)
     print(f"model: {label}")
