@@ -19,7 +19,7 @@ def get_config() -> Config:
     return Config(
         model=tiny_model(),
         data=DataConfig(source="precomputed", path=f"{WORKDIR}/precomputed", synthetic_examples=24_000,
-                        image_size=64, synthetic_seed=0),
+                        image_size=64, synthetic_seed=0, synthetic_world="demo"),
         train=dataclasses.replace(
             TrainConfig(), batch_size=32, num_steps=4_000, learning_rate=4e-4, warmup_steps=300,
             grad_clip_norm=1.0, weight_decay=0.0, text_kv_lr_multiplier=1.0, ema_decay=0.999,

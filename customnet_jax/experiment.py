@@ -21,6 +21,7 @@ class DataConfig:
     image_size: int = 0  # stored picture size of a synthetic world built on demand (0: model resolution)
     synthetic_examples: int = 4096  # train examples of a synthetic world built on demand
     synthetic_seed: int = 0  # its world seed
+    synthetic_world: str = "default"  # its parameters: a name in customnet_jax.data.synthetic.WORLDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ class TrainConfig:
     image_dropout: float = 0.10  # r < 0.10: zero the CLIP image embedding before cc_projection
     object_latent_dropout: tuple[float, float] = (0.05, 0.15)  # 0.05 <= r < 0.15: zero the object latent
     text_dropout: float = 0.15  # caption -> "" (0.5 for the composition model)
+    object_loss_weight: float = 1.0  # weight of the latent cells inside the object's box (1: the paper's plain MSE)
     init_from: str = ""  # a model folder (converted zero123 / CustomNet) to start from; "" = random init
     seed: int = 0
     log_every: int = 50

@@ -93,6 +93,35 @@ def test_world_is_deterministic_and_views_matter():
     assert 0.15 < alpha.mean() < 0.6
 
 
+def _side_colour_shares(scene: synthetic.Scene) -> tuple[float, float]:
+    """Shares of the condition view's object pixels in side colour A and in side colour B (the object recoloured
+    red / blue / green top, so that each pixel's colour tells its face group whatever the shading and tone)."""
+    spec = dataclasses.replace(scene.spec, colors=("red", "blue", "green"))
+    rgba = synthetic.render(spec, scene.condition_camera, 48).astype(np.int32)
+    r, g, b = (rgba[..., i][rgba[..., 3] > 127] for i in range(3))
+    side = (g < np.maximum(r, b))  # not the green top
+    return float((side & (r > b)).mean()), float((side & (b > r)).mean())
+
+
+def test_demo_world_condition_view_shows_both_side_colours():
+    """World.condition_spread (the demo world): the condition camera looks near a colour boundary, so both side
+    colours are in view (a turned view only rearranges them); from anywhere (the default world) often only one is."""
+    demo = synthetic.named_world("demo", image_size=SIZE)
+    assert demo.condition_spread == 30.0 and demo.polar_range[1] < 90  # and the top is always in view
+    for shape in synthetic.SHAPES:  # the boundaries are where A and B faces meet: a camera there sees both
+        spec = synthetic.ObjectSpec(shape, ("red", "blue", "green"))
+        for boundary in synthetic.colour_boundaries(spec):
+            scene = dataclasses.replace(synthetic.scene(0, demo), spec=spec,
+                                        condition_camera=synthetic.Camera(70.0, boundary, 2.2))
+            assert min(_side_colour_shares(scene)) > 0.1, (shape, boundary)
+    demo_shares = [min(_side_colour_shares(synthetic.scene(i, demo))) for i in range(24)]
+    default_shares = [min(_side_colour_shares(synthetic.scene(i, WORLD))) for i in range(24)]
+    assert min(demo_shares) > 0.02 and np.mean(demo_shares) > 0.15, demo_shares
+    assert np.mean(np.array(default_shares) < 0.03) > 0.2, default_shares  # one colour hidden in many scenes
+    with pytest.raises(ValueError, match="unknown synthetic world 'nope'"):
+        synthetic.named_world("nope")
+
+
 def test_synthetic_builder_reads_back(synthetic_data):
     train, validation = _records(synthetic_data), _records(synthetic_data, "validation")
     assert len(train) == NUM_SYNTHETIC and len(validation) == 4
@@ -418,8 +447,9 @@ def test_precompute_matches_the_model(synthetic_data, tmp_path):
 
     for g in got:
         r = {k: np.stack([raw[str(i)][k] for i in g["id"]]) for k in ("target", "location", "background", "object",
-                                                                   "tokens", "view")}
+                                                                   "tokens", "view", "box")}
         np.testing.assert_array_equal(g["view"], r["view"])
+        np.testing.assert_array_equal(g["box"], r["box"])
         outs = reference(model, r["target"], r["location"], r["background"], r["object"], r["tokens"])
         names = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding")
         for name, want in zip(names, outs[:5], strict=True):

@@ -50,6 +50,8 @@ def test_oracle_scores_near_perfect():
     # the object fills only part of its box (~0.35 IoU with the requested box even for the truth); its own box exactly
     assert 0.25 < s.location_iou < 0.5 and s.object_box_iou > 0.9
     assert s.view_agreement == pytest.approx(1.0) and s.view_wins == 1.0 and s.view_margin > 0.3
+    assert s.view_error < 0.01 < 0.05 < s.wrong_view_error and s.view_error_wins == 1.0
+    assert s.view_colours > 0.95 and s.wrong_view_colours < s.view_colours - 0.1
     assert s.identity > 0.95  # found pixels vs the render's mask differ only at anti-aliased edges
     assert s.background_error < 0.02 and s.background_error_other > 0.15
 
@@ -64,6 +66,9 @@ def test_ignoring_the_view_loses_the_margin():
     oracle, blind = scores("oracle"), scores("ignores view")
     assert blind.view_agreement < oracle.view_agreement - 0.3
     assert abs(blind.view_agreement - blind.wrong_view_agreement) < 1e-9 and blind.view_wins == 0.0
+    assert blind.view_error == pytest.approx(blind.wrong_view_error) and blind.view_error_wins == 0.0
+    assert blind.view_colours == pytest.approx(blind.wrong_view_colours)
+    assert blind.view_error > oracle.view_error + 0.03 and blind.view_colours < oracle.view_colours - 0.1
     assert blind.object_box_iou > 0.5  # still in the right place
 
 

@@ -32,7 +32,7 @@ from train_micro_config import get_config, micro_model  # noqa: E402
 from customnet_jax.train import optimizer as opt  # noqa: E402
 from customnet_jax.train import sharding as shd  # noqa: E402
 from customnet_jax.train import state as st  # noqa: E402
-from customnet_jax.train.step import conditioning  # noqa: E402
+from customnet_jax.train.step import box_cells, conditioning, denoising_loss  # noqa: E402
 
 # Compile time dominates these tests (XLA CPU codegen of ~2k kernels per step): -O0 codegen halves it.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -158,6 +158,7 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
     assert "grad_accum_steps=3 does not divide the per-device batch 4" in problems(2, grad_accum_steps=3)
     assert "fsdp=3 does not divide the 8 devices" in problems(8, fsdp=3)
     assert "together fit in train.num_steps=10" in problems(8, num_steps=10, warmup_steps=4, cooldown_steps=7)
+    assert "object_loss_weight=0: must be > 0" in problems(8, object_loss_weight=0)
     assert shd.check_config(config, 8) == (8, 1)
     assert shd.check_config(config, 8, 1) == (8, 1)
 
@@ -295,6 +296,39 @@ def test_condition_dropout_and_target_latent():
     feats = jax.tree.map(np.asarray, conditioning(None, composition, batch, null_text))
     assert feats["conditions"].shape == (b, h, h, 8)  # [object | background]
     np.testing.assert_array_equal(feats["conditions"][1, ..., 4:], batch["background_latent"][1])  # never dropped
+
+
+def test_object_loss_weight_weighs_the_box_cells():
+    """train.object_loss_weight: cells whose centre is inside the box weigh w, the rest 1, a weighted mean per
+    sample (written out in numpy here); w = 1 is the paper's plain MSE."""
+    import types
+
+    from customnet_jax.diffusion.schedule import DiffusionConfig, add_noise, alphas_cumprod
+
+    boxes = np.array([[0.0, 0.0, 0.5, 0.25], [0.3, 0.3, 0.95, 1.0]], np.float32)
+    cells = np.asarray(box_cells(jnp.asarray(boxes), 4))
+    expected_cells = np.zeros((2, 4, 4))
+    expected_cells[0, 0, 0:2] = 1  # centres 0.125, 0.375 < 0.5 in x; only 0.125 < 0.25 in y
+    expected_cells[1, 1:4, 1:4] = 1  # centres 0.375, 0.625, 0.875 in both
+    np.testing.assert_array_equal(cells, expected_cells)
+
+    rng = np.random.default_rng(0)
+    output = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+    model = types.SimpleNamespace(project_object=lambda e, v: e[:, None], context=lambda token, text: token,
+                                  denoise=lambda noisy, t, conditions, context: jnp.asarray(output))
+    feats = {"z0": jnp.asarray(rng.standard_normal((2, 4, 4, 3)), jnp.float32), "box": jnp.asarray(boxes),
+             "image_embedding": jnp.zeros((2, 8)), "view": jnp.zeros((2, 4)), "conditions": None}
+    t, noise = jnp.array([10, 900]), jnp.asarray(rng.standard_normal((2, 4, 4, 3)), jnp.float32)
+    alphas = jnp.asarray(alphas_cumprod(DiffusionConfig()))
+    squared = (output - np.asarray(noise)) ** 2  # eps prediction: the target is the noise
+    assert np.isfinite(np.asarray(add_noise(feats["z0"], noise, t, alphas))).all()
+    plain = float(denoising_loss(model, feats, t, noise, alphas))
+    np.testing.assert_allclose(plain, squared.mean(), rtol=1e-6)
+    weight = 1 + 4 * expected_cells[..., None]
+    per_sample = (weight * squared).sum((1, 2, 3)) / (weight.sum((1, 2, 3)) * 3)
+    weighted = float(denoising_loss(model, feats, t, noise, alphas, object_loss_weight=5.0))
+    np.testing.assert_allclose(weighted, per_sample.mean(), rtol=1e-6)
+    assert abs(weighted - plain) > 1e-3  # the weighting changes the loss
 
 
 def test_init_from_model_folder_widens_conv_in(tmp_path):

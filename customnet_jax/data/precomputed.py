@@ -3,7 +3,8 @@
 Per example: target_mean / target_logvar (VAE posterior of the target, unscaled: the step samples it and scales
 by latent_scale), location_latent / background_latent (posterior mode = mean, unscaled, SPEC §6),
 image_embedding (CLIP, before cc_projection), text_embedding (77 x D, stored float16; only for models with a
-text encoder), view, plus id and caption. Drop flags are still drawn by the pipeline at read time.
+text encoder), view, box (fractions of the side, as in the raw record), plus id and caption. Drop flags are still
+drawn by the pipeline at read time.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def precomputed_features(c: PrecomputedConfig) -> tfds.features.FeaturesDict:
                 "target_mean": latent(), "target_logvar": latent(), "location_latent": latent(),
                 "background_latent": latent(),
                 "image_embedding": tfds.features.Tensor(shape=(c.embedding_dim,), dtype=np.float32),
-                "view": tfds.features.Tensor(shape=(4,), dtype=np.float32)}
+                "view": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                "box": tfds.features.Tensor(shape=(4,), dtype=np.float32)}
     if c.text_dim:
         features["text_embedding"] = tfds.features.Tensor(shape=(c.text_length, c.text_dim), dtype=np.float16)
     return tfds.features.FeaturesDict(features)
@@ -60,7 +62,7 @@ Encoder = Callable[[dict], dict]
 class CustomnetPrecomputed(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Frozen-encoder outputs of a raw CustomNet dataset."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")  # 1.1: + box
     code_path = None  # see builders._RawBuilder
 
     def __init__(self, *, encoder: Encoder | None = None, **kwargs):
@@ -88,7 +90,7 @@ class CustomnetPrecomputed(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                 if "text_embedding" in record:
                     record["text_embedding"] = record["text_embedding"].astype(np.float16)
                 yield start + j, {**record, "id": str(batch["id"][j]), "caption": str(batch["caption"][j]),
-                                  "view": batch["view"][j]}
+                                  "view": batch["view"][j], "box": batch["box"][j]}
             start += len(batch["id"])
 
 

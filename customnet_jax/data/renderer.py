@@ -170,6 +170,19 @@ def _face_colors(normals: np.ndarray, colors: tuple[str, str, str]) -> np.ndarra
     return np.where(is_side[:, None], side, c)
 
 
+def colour_boundaries(spec: ObjectSpec) -> tuple[float, float]:
+    """Object-frame azimuths (degrees) where the side colour turns from B to A and from A to B (midway between
+    the neighbouring side faces of the first convex part, by the rule of `_face_colors`): a camera there sees both."""
+    normals = _solids(spec)[0][0]
+    side = np.abs(normals[:, 2]) <= 0.7
+    azimuth = np.mod(np.arctan2(normals[side, 1], normals[side, 0]) + 0.01, 2 * np.pi)
+    is_a = azimuth < np.pi
+    a, b = azimuth[is_a], azimuth[~is_a]
+    b_to_a = 0.5 * (b.max() - 2 * np.pi + a.min()) - 0.01
+    a_to_b = 0.5 * (a.max() + b.min()) - 0.01
+    return math.degrees(b_to_a) % 360.0, math.degrees(a_to_b) % 360.0
+
+
 def object_parts(spec: ObjectSpec, object_radius: float = 0.7) -> list[_Part]:
     """The object's convex parts in the world frame: coloured, lit, yawed, scaled to the bounding radius."""
     if len(spec.colors) != 3 or any(c not in COLORS for c in spec.colors):

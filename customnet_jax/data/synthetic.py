@@ -13,11 +13,21 @@ import math
 import numpy as np
 
 from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data.renderer import COLORS, SHAPES, Camera, ObjectSpec, object_parts, on_white, over, render
+from customnet_jax.data.renderer import (
+    COLORS,
+    SHAPES,
+    Camera,
+    ObjectSpec,
+    colour_boundaries,
+    object_parts,
+    on_white,
+    over,
+    render,
+)
 
-__all__ = ["COLORS", "SHAPES", "BackgroundSpec", "Camera", "ObjectSpec", "Scene", "World", "background",
-           "object_parts", "on_white", "over", "relative_view", "render", "sample_background", "sample_box",
-           "sample_camera", "sample_object", "scene"]
+__all__ = ["COLORS", "SHAPES", "WORLDS", "BackgroundSpec", "Camera", "ObjectSpec", "Scene", "World", "background",
+           "named_world", "object_parts", "on_white", "over", "relative_view", "render", "sample_background",
+           "sample_box", "sample_camera", "sample_object", "scene"]
 
 PATTERNS = ("plain", "striped", "checkered", "dotted")
 SURFACES = ("floor", "wall", "table")
@@ -37,6 +47,23 @@ class World:
     shapes: tuple[str, ...] = SHAPES
     colors: tuple[str, ...] = tuple(COLORS)
     seed: int = 0  # world seed: scene(i) of two worlds with different seeds differ
+    # None: the condition camera looks from anywhere. A number d: its azimuth is within +-d degrees of one of the
+    # object's two colour boundaries (renderer.colour_boundaries: where side colour A meets B), so the condition
+    # view shows both side colours and a turned view rearranges what it shows rather than guessing a hidden side
+    condition_spread: float | None = None
+
+
+# Named worlds (DataConfig.synthetic_world). "demo": the built-in demo model's world. Its condition view always
+# shows both side colours and, with polar angles above the horizon, the top: a 2-core CPU cannot train a model
+# to imagine a hidden side (the released models learnt that from 250k objects), only to turn what it sees.
+WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0)}
+
+
+def named_world(name: str, **changes) -> World:
+    """WORLDS[name] with `changes` (image_size, seed, ...)."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown synthetic world {name!r}; expected one of {sorted(WORLDS)}")
+    return dataclasses.replace(WORLDS[name], **changes)
 
 
 def relative_view(target: Camera, condition: Camera) -> np.ndarray:
@@ -161,6 +188,10 @@ def scene(seed: int, world: World = World()) -> Scene:
     rng = np.random.default_rng([world.seed, seed])
     spec = sample_object(rng, world)
     condition, target = sample_camera(rng, world), sample_camera(rng, world)
+    if world.condition_spread is not None:
+        facing = (spec.yaw + colour_boundaries(spec)[int(rng.integers(2))]
+                  + rng.uniform(-world.condition_spread, world.condition_spread))
+        condition = dataclasses.replace(condition, azimuth=float(facing % 360.0))
     bg_spec = sample_background(rng, exclude=spec.colors)
     size = world.image_size
     box = sample_box(rng, size, world.box_range)

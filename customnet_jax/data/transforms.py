@@ -13,9 +13,9 @@ import numpy as np
 
 from customnet_jax.data import images
 
-RAW_KEYS = ("target", "object", "location", "background", "view", "tokens")
+RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens")
 PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
-                    "text_embedding", "view")
+                    "text_embedding", "view", "box")
 DROP_KEYS = ("drop_image", "drop_object", "drop_text")
 
 
@@ -42,8 +42,8 @@ def _text(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeRaw(grain.transforms.Map):
-    """Raw record -> target, object, location, background (float32 (R, R, 3) in [-1, 1]), view, tokens
-    (+ id and caption strings with keep_id)."""
+    """Raw record -> target, object, location, background (float32 (R, R, 3) in [-1, 1]), view, box (fractions),
+    tokens (+ id and caption strings with keep_id)."""
 
     resolution: int
     keep_id: bool = False
@@ -55,7 +55,7 @@ class DecodeRaw(grain.transforms.Map):
         box = images.box_pixels(record["box"], size)
         out = {"target": target, "object": obj, "location": images.location_canvas(obj, box, size),
                "background": images.background_canvas(target, box),
-               "view": np.asarray(record["view"], np.float32),
+               "view": np.asarray(record["view"], np.float32), "box": np.asarray(record["box"], np.float32),
                "tokens": caption_tokens(_text(record["caption"]))}
         if self.keep_id:
             out["id"], out["caption"] = _text(record["id"]), _text(record["caption"])
@@ -64,7 +64,8 @@ class DecodeRaw(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class DecodePrecomputed(grain.transforms.Map):
-    """Precomputed record -> latents and embeddings as float32 (text embeddings are stored as float16)."""
+    """Precomputed record -> latents and embeddings as float32 (text embeddings are stored as float16; datasets
+    precomputed before the box was stored have none)."""
 
     keep_id: bool = False
 

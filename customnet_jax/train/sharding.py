@@ -83,6 +83,8 @@ def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple
     if warmup < 0 or cooldown < 0 or warmup + cooldown > train.num_steps:
         problems.append(f"train.warmup_steps={warmup} and train.cooldown_steps={cooldown} must be >= 0 and "
                         f"together fit in train.num_steps={train.num_steps}")
+    if train.object_loss_weight <= 0:
+        problems.append(f"train.object_loss_weight={train.object_loss_weight}: must be > 0 (1: plain MSE)")
     if not 0 <= train.ema_decay < 1:
         problems.append(f"train.ema_decay={train.ema_decay}: use 0 (no EMA) or a decay in (0, 1)")
     if problems:

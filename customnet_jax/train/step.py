@@ -10,7 +10,9 @@ accumulation does not change them):
   cc_projection, drop_object zeroes the object latent, drop_text swaps the text for the embedding of "";
   trained (UNet + cc_projection): out = UNet([q(z_t | z0) | conditions], t, [cc_proj(emb ++ T) | text]);
   loss = mean over the batch of mean over (h, w, c) of (out - target)^2, target = eps (SD 1.x, default) or
-  v = sqrt(a_t) eps - sqrt(1 - a_t) z0 (diffusion.prediction_type = "v_prediction").
+  v = sqrt(a_t) eps - sqrt(1 - a_t) z0 (diffusion.prediction_type = "v_prediction"); with
+  train.object_loss_weight = w != 1 the latent cells inside the object's box weigh w, the others 1 (a weighted
+  mean per sample; not in the paper: for small pictures where the object covers a few latent cells).
 With grad_accum_steps = A the batch is cut into A micro-batches (sample i goes to micro-batch i mod A, so that
 every micro-batch stays spread over all devices) and a scan sums their gradients before one AdamW update.
 """
@@ -32,10 +34,10 @@ from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.optimizer import ema_update
 
-RAW_KEYS = ("target", "object", "location", "background", "view", "tokens", "drop_image", "drop_object",
+RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens", "drop_image", "drop_object",
             "drop_text")
 PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
-                    "text_embedding", "view", "drop_image", "drop_object", "drop_text")
+                    "text_embedding", "view", "box", "drop_image", "drop_object", "drop_text")
 
 
 def batch_form(batch: dict) -> str:
@@ -82,21 +84,38 @@ def conditioning(model: Any, config: Any, batch: dict, null_text: jax.Array | No
     out = {"z0": z0, "conditions": jnp.concatenate(conditions, axis=-1).astype(jnp.float32),
            "image_embedding": _mask(batch["drop_image"], image_embedding.astype(jnp.float32)),
            "view": batch["view"].astype(jnp.float32)}
+    if "box" in batch:
+        out["box"] = batch["box"].astype(jnp.float32)
     if not mc.is_zero123:
         drop = batch["drop_text"].reshape(-1, 1, 1)
         out["text"] = jnp.where(drop, null_text.astype(jnp.float32), text.astype(jnp.float32))
     return jax.tree.map(jax.lax.stop_gradient, out)
 
 
+def box_cells(box: jax.Array, size: int) -> jax.Array:
+    """Boxes (B, 4) as fractions (x0, y0, x1, y1) -> (B, size, size) float mask of the latent cells whose centre
+    lies inside the box."""
+    centres = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size
+    inside_x = (centres[None] >= box[:, 0:1]) & (centres[None] < box[:, 2:3])  # (B, size)
+    inside_y = (centres[None] >= box[:, 1:2]) & (centres[None] < box[:, 3:4])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).astype(jnp.float32)
+
+
 def denoising_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Array, alphas: jax.Array,
-                   prediction_type: str = "epsilon") -> jax.Array:
-    """The MSE of the UNet's output against its target (eps or v): mean over (h, w, c), then over the batch."""
+                   prediction_type: str = "epsilon", object_loss_weight: float = 1.0) -> jax.Array:
+    """The MSE of the UNet's output against its target (eps or v): mean over (h, w, c), then over the batch.
+    With object_loss_weight != 1 each sample's mean is weighted: cells inside feats["box"] weigh that much."""
     token = model.project_object(feats["image_embedding"], feats["view"])
     context = model.context(token, feats.get("text"))
     noisy = add_noise(feats["z0"], noise, timesteps, alphas)
     output = model.denoise(noisy, timesteps, feats["conditions"], context)
     target = training_target(feats["z0"], noise, timesteps, alphas, prediction_type)
-    return jnp.mean(jnp.mean(jnp.square(output.astype(jnp.float32) - target), axis=(1, 2, 3)))
+    squared = jnp.square(output.astype(jnp.float32) - target)  # (B, h, w, c)
+    if object_loss_weight == 1.0:
+        return jnp.mean(jnp.mean(squared, axis=(1, 2, 3)))
+    weight = 1.0 + (object_loss_weight - 1.0) * box_cells(feats["box"], squared.shape[1])[..., None]  # (B, h, w, 1)
+    per_sample = jnp.sum(weight * squared, axis=(1, 2, 3)) / (jnp.sum(weight, axis=(1, 2, 3)) * squared.shape[-1])
+    return jnp.mean(per_sample)
 
 
 def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
@@ -128,6 +147,10 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
     accum = train.grad_accum_steps
 
     def step_fn(state: dict, frozen: dict, batch: dict) -> tuple[dict, dict]:
+        if train.object_loss_weight != 1.0 and "box" not in batch:
+            raise ValueError(f"train.object_loss_weight = {train.object_loss_weight} weighs the object's box, but the "
+                             "batches carry no 'box' (a dataset precomputed before boxes were stored): precompute "
+                             "it again, or set train.object_loss_weight=1")
         params = state["params"]
         key = jax.random.fold_in(state["rng"], state["step"])
         batch = dict(batch, **draw_randomness(config, batch, key))
@@ -140,7 +163,8 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
 
             def loss_of(p):
                 return denoising_loss(nnx.merge(graphdef, p, frozen["params"]), feats, micro["timesteps"],
-                                      micro["noise"], alphas, config.diffusion.prediction_type)
+                                      micro["noise"], alphas, config.diffusion.prediction_type,
+                                      train.object_loss_weight)
 
             return jax.value_and_grad(loss_of)(params)
 

@@ -25,18 +25,19 @@ def _example(config: Any, index: int, form: str) -> dict[str, np.ndarray]:
     r, h, c = mc.resolution, mc.latent_size, mc.latent_channels
     d = mc.context_dim
     view = rng.standard_normal(4).astype(np.float32)
+    box = np.array([0.25, 0.25, 0.75, 0.75], np.float32)  # the painted-white square of the background below
     if form == "precomputed":
         mean = rng.standard_normal((h, h, c)).astype(np.float32)
         return {"target_mean": mean, "target_logvar": np.full((h, h, c), -6.0, np.float32),
                 "location_latent": mean.copy(), "background_latent": rng.standard_normal((h, h, c)).astype(np.float32),
                 "image_embedding": rng.standard_normal(d).astype(np.float32),
-                "text_embedding": rng.standard_normal((TOKENS, d)).astype(np.float32), "view": view}
+                "text_embedding": rng.standard_normal((TOKENS, d)).astype(np.float32), "view": view, "box": box}
     target = rng.uniform(-1, 1, (r, r, 3)).astype(np.float32)
     background = target.copy()
     background[r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 1.0
     vocab = mc.text_encoder.vocab_size if mc.text_encoder is not None else 49408
     return {"target": target, "object": rng.uniform(-1, 1, (r, r, 3)).astype(np.float32),
-            "location": target.copy(), "background": background, "view": view,
+            "location": target.copy(), "background": background, "view": view, "box": box,
             "tokens": rng.integers(0, vocab, TOKENS).astype(np.int32)}
 
 
