@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
-# the built-in demo model, from nothing (about 2.5 hours on 2 CPU cores, 90 min of it training); resumes if interrupted
+# the built-in demo model, from nothing (about 85 minutes on 2 idle CPU cores); resumes if interrupted
 demo-model: $(STAMP)
 	$(VENV)/bin/python -m customnet_jax.demo
 

@@ -1,4 +1,4 @@
-"""The built-in demo's composition variant: the stage-2 demo model (configs/demo_zero_snr.py) given a background.
+"""The built-in demo's composition variant: the demo model (configs/demo.py) given a background.
 
 As customnet_inpaint to customnet: 12 UNet input channels (+ the background latent: the target picture with the
 object's box painted white), the new conv_in channels start at zero, captions dropped half of the time. A short
@@ -9,15 +9,15 @@ ships it in customnet_jax/assets/demo_composition_model (`sample.py --demo compo
 import dataclasses
 
 from configs.demo import WORKDIR
-from configs.demo_zero_snr import get_config as stage_two
+from configs.demo import get_config as prompt_model
 from configs.tiny import tiny_model
 from customnet_jax.experiment import Config
 
 
 def get_config() -> Config:
-    base = stage_two()
+    base = prompt_model()
     return dataclasses.replace(
         base, model=tiny_model(in_channels=12),
-        train=dataclasses.replace(base.train, num_steps=1_000, warmup_steps=50, cooldown_steps=500, text_dropout=0.5,
-                                  init_from=f"{WORKDIR}/zero_snr/model"),
+        train=dataclasses.replace(base.train, num_steps=700, warmup_steps=50, cooldown_steps=350, text_dropout=0.5,
+                                  init_from=f"{WORKDIR}/run/model"),
     )

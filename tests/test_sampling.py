@@ -132,6 +132,16 @@ def test_zero_terminal_snr_schedule():
         DiffusionConfig(zero_terminal_snr=True)
 
 
+@pytest.mark.parametrize("steps", [20, 25, 50, 100])
+def test_eta_one_from_zero_terminal_snr_stays_finite(steps):
+    """At eta = 1 the first step (a_t = 0) has 1 - a_prev - sigma^2 = 0 exactly; float32 rounding made it -6e-8 for
+    20, 25 and 100 steps and the whole picture NaN (black) before it was clamped."""
+    plan = ddim.ddim_schedule(alphas_cumprod(ZERO_SNR), steps, 1.0, "trailing", "v_prediction")
+    x_T = jax.random.normal(jax.random.key(0), (1, 4, 4, 4))
+    out = ddim.sample(lambda x, t: 0.5 * x, x_T, plan, jax.random.key(1))
+    assert np.isfinite(np.asarray(out)).all()
+
+
 def test_original_schedule_drops_the_top_step():
     acp = alphas_cumprod(DiffusionConfig())
     correct, original = (ddim.ddim_schedule(acp, 50, 0.0, s) for s in ("correct", "original"))

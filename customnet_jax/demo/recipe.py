@@ -1,18 +1,16 @@
 """Make the built-in demo model from nothing: `python -m customnet_jax.demo` (or `make demo-model`).
 
     1. build the synthetic world (customnet_jax.data, tfds array_record)        workdirs/demo/data
-    2. train the demo's own VAE on its pictures, then its decoder alone (autoencoder.py)
+    2. train the demo's own VAE on its pictures (autoencoder.py)
     3. an initial model folder: that VAE + random UNet, CLIPs, cc_projection     workdirs/demo/init
     4. precompute the frozen encoders' outputs once                              workdirs/demo/precomputed
-    5. train.py's loop on the precomputed data (configs/demo.py, eps prediction)   workdirs/demo/run
-    6. fine-tune stage 5's model to v-prediction on a zero-terminal-SNR schedule
-       (configs/demo_zero_snr.py)                                                workdirs/demo/zero_snr
-    7. ship it                                                                   customnet_jax/assets/demo_model
-    8. the composition variant: stage 6's model + background channels, fine-tuned
+    5. train.py's loop on the precomputed data (configs/demo.py)                  workdirs/demo/run
+    6. ship it                                                                   customnet_jax/assets/demo_model
+    7. the composition variant: stage 5's model + background channels, fine-tuned
        (configs/demo_composition.py)                                             workdirs/demo/composition
-    9. ship it                                                     customnet_jax/assets/demo_composition_model
+    8. ship it                                                     customnet_jax/assets/demo_composition_model
 Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
-(the training stages 5, 6 and 8 resume from their last checkpoints).
+(the training stages 5 and 7 resume from their last checkpoints). Each stage's minutes are logged.
 """
 
 from __future__ import annotations
@@ -71,13 +69,11 @@ def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, deco
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
-    parser.add_argument("--finetune-config", default=str(ROOT / "configs" / "demo_zero_snr.py"),
-                        help="stage 6 ('' to skip it and ship stage 5's model)")
     parser.add_argument("--composition-config", default=str(ROOT / "configs" / "demo_composition.py"),
-                        help="stage 8 ('' to skip it)")
+                        help="stage 7 ('' to skip it)")
     parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--decoder-steps", type=int, default=1500, help="then the VAE decoder alone")
+    parser.add_argument("--decoder-steps", type=int, default=0, help="then the VAE decoder alone (measured: no gain)")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
@@ -94,20 +90,28 @@ def main(argv: list[str] | None = None) -> None:
     config = dataclasses.replace(
         config, train=dataclasses.replace(config.train, init_from=str(workdir / "init")),
         data=dataclasses.replace(config.data, path=str(workdir / "precomputed")))
-    started = time.time()
+    started = lap = time.time()
+
+    def finished(what: str) -> None:
+        nonlocal lap
+        log(f"{what}: {(time.time() - lap) / 60:.1f} min")
+        lap = time.time()
 
     init = make_init_folder(config, workdir, args.vae_steps, args.decoder_steps)
+    finished("world and demo VAE (stages 1-3)")
     model, folder = load_model(init)
     config = dataclasses.replace(config, model=folder.model)  # with the VAE's latent scale
     precomputed = workdir / "precomputed"
     if not any(precomputed.glob("**/dataset_info.json")):
         log("precomputing the frozen encoders' outputs")
         precomputed = precompute(raw_config(config, workdir), model, precomputed, batch_size=64, name="demo")
+    finished("precomputing (stage 4)")
     data = DataConfig(**{**dataclasses.asdict(config.data), "source": "precomputed", "path": str(precomputed)})
     config = dataclasses.replace(config, data=data)
 
     log("training (resumes from workdir/run/checkpoints if present)")
     train(config, workdir / "run", log=log)
+    finished("training (stage 5)")
     exported = workdir / "run" / "model"
 
     def fine_tune(path: str, init: pathlib.Path, name: str, what: str) -> pathlib.Path:
@@ -120,11 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         train(stage, workdir / name, log=log)
         return workdir / name / "model"
 
-    if args.finetune_config:
-        exported = fine_tune(args.finetune_config, exported, "zero_snr", "v-prediction, zero terminal SNR")
     ship = [(exported, SHIPPED)]
     if args.composition_config:
         composition = fine_tune(args.composition_config, exported, "composition", "the composition variant")
+        finished("composition variant (stage 7)")
         ship.append((composition, SHIPPED_COMPOSITION))
     for source, destination in ship if not args.no_ship else []:
         if destination.exists():

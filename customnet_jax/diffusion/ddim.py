@@ -79,7 +79,9 @@ def ddim_step(x: jax.Array, output: jax.Array, alpha: jax.Array, alpha_prev: jax
               noise: jax.Array, prediction_type: str = "epsilon") -> tuple[jax.Array, jax.Array]:
     """x_t -> (x_{t_prev}, predicted x_0)."""
     pred_x0, eps = x0_and_eps(x, output, alpha, prediction_type)
-    direction = jnp.sqrt(1 - alpha_prev - sigma**2) * eps
+    # 1 - a_prev - sigma^2 is exactly 0 at eta = 1 from a_t = 0 (zero terminal SNR): float32 rounding may make it
+    # slightly negative, and its square root NaN
+    direction = jnp.sqrt(jnp.maximum(1 - alpha_prev - sigma**2, 0.0)) * eps
     return jnp.sqrt(alpha_prev) * pred_x0 + direction + sigma * noise, pred_x0
 
 
