@@ -11,8 +11,8 @@ Three choices differ from the paper's 256 px recipe, each for a measured reason 
   sqrt(a_T) = 0.068 of the picture, which on 16 x 16 latents carries its mean colour; a model trained so reads the
   background colour from the noise and ignores the caption.
 - train.object_loss_weight = 5: the object covers a few latent cells, so its box weighs 5x in the loss.
-- the "demo" synthetic world: the condition view always shows both side colours of the object (a turn rearranges
-  what is visible; imagining a hidden side is what the released models learnt from 250k objects).
+- the "demo" synthetic world: the condition view shows both side colours of the object (a turn rearranges what
+  is visible; imagining a hidden side is what the released models learnt from 250k objects).
 """
 
 import dataclasses
