@@ -25,13 +25,14 @@ Raw form (read from a raw dataset):
   location    float32 (B, R, R, 3)   conditioning.location_canvas: the object picture resized into the box on white
   background  float32 (B, R, R, 3)   the target with the box painted white (+1); always present
   view        float32 (B, 4)         T = [dpolar (rad), sin(dazimuth), cos(dazimuth), dradius], condition -> target
+  box         float32 (B, 4)         the object's box (x0, y0, x1, y1) as fractions of the side (object_loss_weight)
   tokens      int32 (B, 77)          the caption's CLIP tokens, NOT yet dropped
 Precomputed form (read from a precompute() dataset):
   target_mean, target_logvar          float32 (B, h, h, 4)  VAE posterior of the target, unscaled
   location_latent, background_latent  float32 (B, h, h, 4)  posterior mode (= mean), unscaled
   image_embedding                     float32 (B, D)        CLIP image embedding, before cc_projection
   text_embedding                      float32 (B, 77, D)    (stored float16; absent for Zero-1-to-3 models)
-  view                                float32 (B, 4)
+  view, box                           float32 (B, 4)       (box: absent from datasets precomputed before it was stored)
 Both forms: drop_image, drop_object, drop_text bool (B,) (SPEC §7): one r ~ U[0, 1) per sample gives
 drop_image = r < image_dropout and drop_object = lo <= r < hi (object_latent_dropout = (lo, hi)); drop_text is an
 independent draw with probability text_dropout. The training step applies them (zero the CLIP embedding before
