@@ -156,13 +156,19 @@ class _Part:
     colors: np.ndarray  # (F, 3) lit colour in [0, 1]
 
 
-def _face_colors(normals: np.ndarray, colors: tuple[str, str, str]) -> np.ndarray:
-    """Top/bottom faces colour C; side faces colour A if they face azimuth [0, 180) (object frame), else B, in
-    alternating full and light tones around the object, so that every side view shows a different pattern."""
-    a, b, c = (np.array(COLORS[n], np.float64) / 255 for n in colors)
+def _face_groups(normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The colouring rule per face: (is_side, azimuth in [0, 2pi) (object frame, nudged by 0.01 so that a face
+    facing azimuth 0 is A), is_a: a side face facing azimuth [0, 180) takes colour A, the others B)."""
     azimuth = np.mod(np.arctan2(normals[:, 1], normals[:, 0]) + 0.01, 2 * np.pi)
-    side = np.where((azimuth < np.pi)[:, None], a, b)
-    is_side = np.abs(normals[:, 2]) <= 0.7
+    return np.abs(normals[:, 2]) <= 0.7, azimuth, azimuth < np.pi
+
+
+def _face_colors(normals: np.ndarray, colors: tuple[str, str, str]) -> np.ndarray:
+    """Top/bottom faces colour C; side faces colour A or B (`_face_groups`), in alternating full and light tones
+    around the object, so that every side view shows a different pattern."""
+    a, b, c = (np.array(COLORS[n], np.float64) / 255 for n in colors)
+    is_side, azimuth, is_a = _face_groups(normals)
+    side = np.where(is_a[:, None], a, b)
     rank = np.empty(len(normals), int)
     rank[np.lexsort((normals[:, 2], azimuth))] = np.arange(len(normals))
     order = np.cumsum(is_side[np.argsort(rank)])[rank] - 1  # position among side faces by azimuth
@@ -172,12 +178,9 @@ def _face_colors(normals: np.ndarray, colors: tuple[str, str, str]) -> np.ndarra
 
 def colour_boundaries(spec: ObjectSpec) -> tuple[float, float]:
     """Object-frame azimuths (degrees) where the side colour turns from B to A and from A to B (midway between
-    the neighbouring side faces of the first convex part, by the rule of `_face_colors`): a camera there sees both."""
-    normals = _solids(spec)[0][0]
-    side = np.abs(normals[:, 2]) <= 0.7
-    azimuth = np.mod(np.arctan2(normals[side, 1], normals[side, 0]) + 0.01, 2 * np.pi)
-    is_a = azimuth < np.pi
-    a, b = azimuth[is_a], azimuth[~is_a]
+    the neighbouring side faces of the first convex part, by the rule of `_face_groups`): a camera there sees both."""
+    is_side, azimuth, is_a = _face_groups(_solids(spec)[0][0])
+    a, b = azimuth[is_side & is_a], azimuth[is_side & ~is_a]
     b_to_a = 0.5 * (b.max() - 2 * np.pi + a.min()) - 0.01
     a_to_b = 0.5 * (a.max() + b.min()) - 0.01
     return math.degrees(b_to_a) % 360.0, math.degrees(a_to_b) % 360.0

@@ -53,8 +53,8 @@ class World:
     condition_spread: float | None = None
 
 
-# Named worlds (DataConfig.synthetic_world). "demo": the built-in demo model's world. Its condition view always
-# shows both side colours and, with polar angles above the horizon, the top: a 2-core CPU cannot train a model
+# Named worlds (DataConfig.synthetic_world). "demo": the built-in demo model's world. Its condition view shows both
+# side colours and, with polar angles above the horizon, the top: a 2-core CPU cannot train a model
 # to imagine a hidden side (the released models learnt that from 250k objects), only to turn what it sees.
 WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0)}
 
