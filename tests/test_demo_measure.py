@@ -52,6 +52,9 @@ def test_oracle_scores_near_perfect():
     assert s.view_agreement == pytest.approx(1.0) and s.view_wins == 1.0 and s.view_margin > 0.3
     assert s.view_error < 0.01 < 0.05 < s.wrong_view_error and s.view_error_wins == 1.0
     assert s.view_colours > 0.95 and s.wrong_view_colours < s.view_colours - 0.1
+    assert s.polar_error < 0.01 < 0.04 < s.wrong_polar_error and s.polar_error_wins == 1.0  # a wrong polar shows
+    # a wrong distance: the found object's area changes as the render's (anti-aliased edges aside)
+    assert s.distance_follows == 1.0 and s.distance_area_error < 0.1 < 0.4 < s.distance_area_change
     assert s.identity > 0.95  # found pixels vs the render's mask differ only at anti-aliased edges
     assert s.background_error < 0.02 and s.background_error_other > 0.15
 
@@ -68,6 +71,8 @@ def test_ignoring_the_view_loses_the_margin():
     assert abs(blind.view_agreement - blind.wrong_view_agreement) < 1e-9 and blind.view_wins == 0.0
     assert blind.view_error == pytest.approx(blind.wrong_view_error) and blind.view_error_wins == 0.0
     assert blind.view_colours == pytest.approx(blind.wrong_view_colours)
+    assert blind.polar_error == pytest.approx(blind.wrong_polar_error) and blind.polar_error_wins == 0.0
+    assert blind.distance_follows == 0.0 and blind.distance_area_error == pytest.approx(blind.distance_area_change)
     assert blind.view_error > oracle.view_error + 0.03 and blind.view_colours < oracle.view_colours - 0.1
     assert blind.object_box_iou > 0.5  # still in the right place
 

@@ -51,12 +51,17 @@ class World:
     # object's two colour boundaries (renderer.colour_boundaries: where side colour A meets B), so the condition
     # view shows both side colours and a turned view rearranges what it shows rather than guessing a hidden side
     condition_spread: float | None = None
+    # A share of scenes whose target camera turns at most +-close_view_spread degrees of azimuth from the condition
+    # camera (0: the target azimuth is uniform, as in Zero-1-to-3's renders)
+    close_view_share: float = 0.0
+    close_view_spread: float = 20.0
 
 
 # Named worlds (DataConfig.synthetic_world). "demo": the built-in demo model's world. Its condition view shows both
 # side colours and, with polar angles above the horizon, the top: a 2-core CPU cannot train a model
 # to imagine a hidden side (the released models learnt that from 250k objects), only to turn what it sees.
-WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0)}
+WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0),
+          "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5)}
 
 
 def named_world(name: str, **changes) -> World:
@@ -192,6 +197,9 @@ def scene(seed: int, world: World = World()) -> Scene:
         facing = (spec.yaw + colour_boundaries(spec)[int(rng.integers(2))]
                   + rng.uniform(-world.condition_spread, world.condition_spread))
         condition = dataclasses.replace(condition, azimuth=float(facing % 360.0))
+    if world.close_view_share > 0 and rng.uniform() < world.close_view_share:
+        turn = rng.uniform(-world.close_view_spread, world.close_view_spread)
+        target = dataclasses.replace(target, azimuth=float((condition.azimuth + turn) % 360.0))
     bg_spec = sample_background(rng, exclude=spec.colors)
     size = world.image_size
     box = sample_box(rng, size, world.box_range)

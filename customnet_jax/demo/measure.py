@@ -17,7 +17,12 @@ object (the world never paints an object in its background's colours).
   within 0.15 per channel: strict, near 0 for blurry objects), colour error (mean absolute RGB difference
   over those pixels: continuous, still tells a blurry right view from a blurry wrong one) and face colours
   (colour-histogram intersection of the found object with the render's object: which faces show, whatever
-  their exact place). The requested view must win (positive margin).
+  their exact place). The requested view must win (positive margin). The other two parts of T, each on its own:
+  a wrong polar angle (20 degrees towards the middle of the world's range: the top face shows more or less), read
+  by the same colour error over the object pixels of both truths; a wrong distance (0.5 towards the middle: the
+  object is bigger or smaller in its box), read by the found object's area: does it change between the requested
+  and the wrong picture as the truth's does (share of scenes), and how far is the change (|log2 of the ratio of
+  areas - the truth's|, against |log2 of the truth's ratio|, what ignoring the distance gives).
 - Background (the caption): distance between the mean colour outside the box of the picture and of the
   truth (RGB, 0-1 per channel, Euclidean), against the same distance to the other scenes' truths. A model
   that follows the caption is much nearer its own scene's background than the others'.
@@ -40,6 +45,8 @@ from customnet_jax.evaluation import measures
 HELD_OUT_WORLD_SEED = 1
 DEMO_WORLD = "demo"  # synthetic.WORLDS: the world configs/demo.py trains on
 SHEET_AZIMUTHS = (-90.0, -45.0, 0.0, 45.0, 90.0)
+POLAR_TURN = 20.0  # degrees: the wrong polar angle's distance from the requested one
+DISTANCE_CHANGE = 0.5  # world units: the wrong distance's
 
 
 def held_out_scene(index: int, image_size: int) -> synthetic.Scene:
@@ -51,6 +58,18 @@ def relative_degrees(scene: synthetic.Scene) -> tuple[float, float, float]:
     """The true (polar, azimuth, radius) change from the condition camera to the target camera."""
     c, t = scene.condition_camera, scene.target_camera
     return t.polar - c.polar, (t.azimuth - c.azimuth) % 360.0, t.radius - c.radius
+
+
+def wrong_views(scene: synthetic.Scene) -> dict[str, tuple[float, float, float]]:
+    """The requested view with one part wrong: azimuth turned 180 degrees; polar angle or distance moved towards
+    the middle of the world's range (so the wrong camera stays near the cameras the model trained on)."""
+    polar, azimuth, radius = relative_degrees(scene)
+    world, target = scene.world, scene.target_camera
+    polar_sign = -1.0 if target.polar >= np.mean(world.polar_range) else 1.0
+    radius_sign = -1.0 if target.radius >= np.mean(world.radius_range) else 1.0
+    return {"azimuth": (polar, (azimuth + 180.0) % 360.0, radius),
+            "polar": (polar + polar_sign * POLAR_TURN, azimuth, radius),
+            "distance": (polar, azimuth, radius + radius_sign * DISTANCE_CHANGE)}
 
 
 def truth_and_mask(scene: synthetic.Scene, degrees: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,6 +109,12 @@ class DemoScores:
     view_error: float  # mean absolute RGB error (0-1) over the truth's object pixels, requested-view picture
     wrong_view_error: float  # the same for the wrong-view picture (against the same truth)
     view_error_wins: float  # share of scenes where the requested view's error is the smaller
+    polar_error: float  # the same with a wrong polar angle, over both truths' object pixels (wrong_views)
+    wrong_polar_error: float
+    polar_error_wins: float
+    distance_follows: float  # share of scenes where the object's area changes with a wrong distance as the truth's
+    distance_area_error: float  # mean |log2 area ratio (wrong / requested picture) - the truth's log2 ratio|
+    distance_area_change: float  # mean |the truth's log2 area ratio|: the area error of ignoring the distance
     view_colours: float  # colour-histogram intersection of the found object with the truth's object
     wrong_view_colours: float  # the same for the wrong-view picture
     background_error: float  # mean colour outside the box vs the truth's (0: exact)
@@ -107,7 +132,10 @@ class DemoScores:
                 f"viewpoint agreement {self.view_agreement:.3f} vs wrong view {self.wrong_view_agreement:.3f} "
                 f"(margin {self.view_margin:+.3f}, requested view wins in {self.view_wins:.0%}), colour error "
                 f"{self.view_error:.3f} vs {self.wrong_view_error:.3f} (wins in {self.view_error_wins:.0%}), face "
-                f"colours {self.view_colours:.3f} vs {self.wrong_view_colours:.3f} | background colour "
+                f"colours {self.view_colours:.3f} vs {self.wrong_view_colours:.3f}; wrong polar: colour error "
+                f"{self.polar_error:.3f} vs {self.wrong_polar_error:.3f} (wins in {self.polar_error_wins:.0%}); wrong "
+                f"distance: the object's area follows in {self.distance_follows:.0%}, log2 area-change error "
+                f"{self.distance_area_error:.2f} (ignoring distance {self.distance_area_change:.2f}) | background colour "
                 f"error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | "
                 + (f"composition PSNR {self.composition_psnr:.1f} dB | " if np.isfinite(self.composition_psnr) else "")
                 + "identity "
@@ -118,6 +146,11 @@ class DemoScores:
 def histogram_overlap(picture: np.ndarray, found: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     """Colour-histogram intersection of a picture's found object pixels with the truth's object pixels (1: same)."""
     return float(np.minimum(measures.colour_histogram(picture, found), measures.colour_histogram(truth, mask)).sum())
+
+
+def object_error(picture: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute RGB difference (0-1) of a picture from the truth over the pixels of `mask`."""
+    return float(np.abs(picture[mask] / 255.0 - truth[mask] / 255.0).mean())
 
 
 def condition_object(scene: synthetic.Scene) -> np.ndarray:
@@ -135,26 +168,32 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
     rows, backgrounds, psnrs = [], [], []  # backgrounds: (mean colour outside the box of the picture, of the truth)
     for index in range(num_scenes):
         scene = held_out_scene(index, pipeline.config.resolution)
-        requested = relative_degrees(scene)
-        wrong = (requested[0], (requested[1] + 180.0) % 360.0, requested[2])
+        requested, wrongs = relative_degrees(scene), wrong_views(scene)
+        wrong = wrongs["azimuth"]
         sheet_views = [(requested[0], (requested[1] + a) % 360.0, requested[2]) for a in sheet_azimuths]
         truths = [truth_and_mask(scene, v) for v in [requested, *sheet_views]]
-        pictures = pipeline(condition_object(scene), views=[requested, wrong, *sheet_views],
+        pictures = pipeline(condition_object(scene), views=[requested, wrong, wrongs["polar"], wrongs["distance"],
+                                                            *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False,
                             background=images.to_float(scene.background) if composition else None).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]
-        sheet, sheet_found = pictures[2:], found[2:]
+        sheet, sheet_found = pictures[4:], found[4:]
         identity = [histogram_overlap(p, f, t, m) for p, f, (t, m) in zip(sheet, sheet_found, truths[1:], strict=True)]
-        errors = [float(np.abs(p[mask] / 255.0 - truth[mask] / 255.0).mean()) for p in pictures[:2]]
+        errors = [object_error(p, truth, mask) for p in pictures[:2]]
+        both = mask | truth_and_mask(scene, wrongs["polar"])[1]
+        errors += [object_error(pictures[0], truth, both), object_error(pictures[2], truth, both)]
+        truth_change = np.log2(truth_and_mask(scene, wrongs["distance"])[1].sum() / max(mask.sum(), 1))
+        change = np.log2(max(found[3].sum(), 1) / max(found[0].sum(), 1))
+        errors += [float(np.sign(change) == np.sign(truth_change)), abs(change - truth_change), abs(truth_change)]
         rows.append([measures.box_iou(box, scene.box_pixels), measures.box_iou(box, measures.mask_box(mask)),
                      measures.colour_agreement(pictures[0], truth, mask),
                      measures.colour_agreement(pictures[1], truth, mask), np.mean(identity),
-                     measures.identity_consistency(list(sheet), sheet_found)["colour"], *errors,
+                     measures.identity_consistency(list(sheet), sheet_found)["colour"], *errors[:2],
                      histogram_overlap(pictures[0], found[0], truth, mask),
-                     histogram_overlap(pictures[1], found[1], truth, mask)])
+                     histogram_overlap(pictures[1], found[1], truth, mask), *errors[2:]])
         outside = ~measures.box_mask(truth.shape, scene.box_pixels)
         backgrounds.append([pictures[0][outside].mean(0) / 255.0, truth[outside].mean(0) / 255.0])
         psnrs.append(measures.psnr(pictures[0], scene.background, outside) if composition else np.nan)
@@ -171,6 +210,10 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                       view_error=float(r[:, 6].mean()), wrong_view_error=float(r[:, 7].mean()),
                       view_error_wins=float((r[:, 6] < r[:, 7]).mean()), view_colours=float(r[:, 8].mean()),
                       wrong_view_colours=float(r[:, 9].mean()),
+                      polar_error=float(r[:, 10].mean()), wrong_polar_error=float(r[:, 11].mean()),
+                      polar_error_wins=float((r[:, 10] < r[:, 11]).mean()),
+                      distance_follows=float(r[:, 12].mean()), distance_area_error=float(r[:, 13].mean()),
+                      distance_area_change=float(r[:, 14].mean()),
                       background_error=float(np.diag(distance).mean()),
                       background_error_other=float(other.mean()) if other.size else float("nan"),
                       background_margin=float(other.mean() - np.diag(distance).mean()) if other.size else float("nan"),
