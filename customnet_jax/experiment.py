@@ -32,6 +32,7 @@ class TrainConfig:
     num_steps: int = 500_000
     learning_rate: float = 2e-6
     text_kv_lr_multiplier: float = 10.0
+    cc_projection_lr_multiplier: float = 1.0  # not in the paper: the demo's view columns start at 0 and move slowly
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8

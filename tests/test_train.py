@@ -9,6 +9,7 @@ in the foreground (2 cores). Model: tests/train_micro_config.py (16 px, 8x8x4 la
 TRAIN_TEST_JAX_CACHE=<dir> points the subprocesses at another compilation cache (an empty one: a cold run).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -235,6 +236,28 @@ def test_adamw_with_text_kv_group_matches_torch():
     moved_text = np.abs(ours["attn"]["to_k_text"]["kernel"] - params["attn"]["to_k_text"]["kernel"]).mean()
     moved_q = np.abs(ours["attn"]["to_q"]["kernel"] - params["attn"]["to_q"]["kernel"]).mean()
     assert moved_text > 5 * moved_q  # the 10x group really moves faster
+
+
+def test_cc_projection_lr_multiplier_scales_only_cc_projection():
+    """train.cc_projection_lr_multiplier: cc_projection's AdamW steps are that many times the others' (same Adam
+    state), the text K/V keep their own multiplier."""
+    params = {"cc_projection": {"kernel": jnp.ones((3, 2))}, "attn": {"to_k_text": {"kernel": jnp.ones((2, 2))},
+                                                                      "to_q": {"kernel": jnp.ones((2, 2))}}}
+    grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
+    train = get_config(learning_rate=1e-2, weight_decay=0.0, warmup_steps=0).train
+
+    def first_step(**multipliers):
+        tx = opt.make_optimizer(dataclasses.replace(train, **multipliers), params)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return {k: float(jnp.abs(v).mean()) for k, v in
+                {"cc": updates["cc_projection"]["kernel"], "text": updates["attn"]["to_k_text"]["kernel"],
+                 "q": updates["attn"]["to_q"]["kernel"]}.items()}
+
+    plain = first_step(text_kv_lr_multiplier=1.0)
+    assert plain["cc"] == pytest.approx(plain["q"]) == pytest.approx(plain["text"])
+    both = first_step(text_kv_lr_multiplier=10.0, cc_projection_lr_multiplier=3.0)
+    assert both["cc"] == pytest.approx(3 * plain["q"]) and both["text"] == pytest.approx(10 * plain["q"])
+    assert both["q"] == pytest.approx(plain["q"])
 
 
 @pytest.mark.parametrize("zero_snr", [False, True])

@@ -135,8 +135,8 @@ class DemoScores:
                 f"colours {self.view_colours:.3f} vs {self.wrong_view_colours:.3f}; wrong polar: colour error "
                 f"{self.polar_error:.3f} vs {self.wrong_polar_error:.3f} (wins in {self.polar_error_wins:.0%}); wrong "
                 f"distance: the object's area follows in {self.distance_follows:.0%}, log2 area-change error "
-                f"{self.distance_area_error:.2f} (ignoring distance {self.distance_area_change:.2f}) | background colour "
-                f"error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | "
+                f"{self.distance_area_error:.2f} (ignoring distance {self.distance_area_change:.2f}) | background "
+                f"colour error {self.background_error:.3f} vs other scenes {self.background_error_other:.3f} | "
                 + (f"composition PSNR {self.composition_psnr:.1f} dB | " if np.isfinite(self.composition_psnr) else "")
                 + "identity "
                 f"{self.identity:.3f} (sheet consistency {self.sheet_consistency:.3f}) | {self.scenes} held-out "

@@ -1,4 +1,5 @@
-"""AdamW as the original (torch defaults, SPEC §8), the text K/V at 10x lr, warm-up, clipping, and the EMA update.
+"""AdamW as the original (torch defaults, SPEC §8), the text K/V at 10x lr (and optionally cc_projection at a
+multiple), warm-up, clipping, and the EMA update.
 
 The 10x group is a per-leaf scale applied after AdamW: torch's AdamW step for a group with lr' = 10 lr is
 -lr' (adam + wd p) = 10 x (-lr (adam + wd p)), so one AdamW state covers both groups exactly.
@@ -31,14 +32,21 @@ def lr_schedule(train: Any) -> optax.Schedule:
     return optax.join_schedules(pieces, boundaries) if boundaries else pieces[0]
 
 
-def _is_text_kv(keypath: tuple) -> bool:
-    return any(getattr(k, "key", None) in TEXT_KV for k in keypath)
+def _names(keypath: tuple) -> set:
+    return {getattr(k, "key", None) for k in keypath}
 
 
-def lr_multipliers(params: Any, text_kv_multiplier: float) -> Any:
-    """A tree like `params`: `text_kv_multiplier` on the text K/V kernels, 1 elsewhere."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: text_kv_multiplier if _is_text_kv(path) else 1.0, params)
+def lr_multipliers(params: Any, text_kv_multiplier: float, cc_projection_multiplier: float = 1.0) -> Any:
+    """A tree like `params`: `text_kv_multiplier` on the text K/V kernels, `cc_projection_multiplier` on
+    cc_projection (the object token's CLIP-embedding + view mixing), 1 elsewhere."""
+
+    def multiplier(path, _):
+        names = _names(path)
+        if names & set(TEXT_KV):
+            return text_kv_multiplier
+        return cc_projection_multiplier if "cc_projection" in names else 1.0
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
 
 
 class _Empty(NamedTuple):
@@ -66,8 +74,9 @@ def make_optimizer(train: Any, params: Any) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
     parts.append(optax.adamw(lr_schedule(train), b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps,
                              weight_decay=train.weight_decay))
-    if train.text_kv_lr_multiplier != 1.0:
-        parts.append(scale_by_tree(lr_multipliers(params, train.text_kv_lr_multiplier)))
+    if train.text_kv_lr_multiplier != 1.0 or train.cc_projection_lr_multiplier != 1.0:
+        parts.append(scale_by_tree(lr_multipliers(params, train.text_kv_lr_multiplier,
+                                                  train.cc_projection_lr_multiplier)))
     return optax.chain(*parts)
 
 
