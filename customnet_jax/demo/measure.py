@@ -35,10 +35,12 @@ object (the world never paints an object in its background's colours).
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 import numpy as np
 
+from customnet_jax.conditioning import view_from_degrees
 from customnet_jax.data import images, synthetic
 from customnet_jax.evaluation import measures
 
@@ -220,6 +222,45 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                       composition_psnr=float(np.mean(psnrs)), identity=float(r[:, 4].mean()),
                       sheet_consistency=float(np.nanmean(r[:, 5])),
                       scenes=num_scenes, steps=steps)
+
+
+def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (999, 800, 600),
+             seed: int = 0) -> dict[str, float]:
+    """Does the model read each part of T? No sampling: the training objective (train/step.py, on the object's box
+    cells only) of held-out scenes with the true T and with one part wrong (`wrong_views`), at the same noise and
+    timesteps -> {part: mean loss with it wrong / with the true T - 1} (0: that part is ignored). The views' effect
+    is largest at high noise, where only the conditions carry the object."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from customnet_jax.data import transforms
+    from customnet_jax.diffusion.schedule import alphas_cumprod
+    from customnet_jax.train.step import conditioning, denoising_loss
+
+    model, config = nnx.merge(pipeline.graphdef, pipeline.state), pipeline.config
+    scenes = [held_out_scene(i, config.resolution) for i in range(num_scenes)]
+    decode = transforms.DecodeRaw(config.resolution)
+    examples = [decode.map({"target": s.target, "object": s.object, "view": s.view, "box": s.box,
+                            "caption": s.caption}) for s in scenes]  # what the data pipeline makes of the scene
+    batch = {k: jnp.asarray(np.stack([e[k] for e in examples])) for k in examples[0]}
+    flags, size = jnp.zeros(num_scenes, bool), config.latent_size
+    batch.update(drop_image=flags, drop_object=flags, drop_text=flags,
+                 posterior_noise=jnp.zeros((num_scenes, size, size, config.latent_channels)))  # posterior means
+    feats = conditioning(model, types.SimpleNamespace(model=config), batch,
+                         None if config.is_zero123 else jnp.zeros((1, 1, config.context_dim)))
+    alphas = jnp.asarray(alphas_cumprod(pipeline.diffusion))
+    noise = jax.random.normal(jax.random.PRNGKey(seed), (len(timesteps), *feats["z0"].shape))
+
+    def loss(view: np.ndarray) -> float:  # 1e6: the box cells alone
+        return float(np.mean([denoising_loss(model, dict(feats, view=jnp.asarray(view)), jnp.full(num_scenes, t), n,
+                                             alphas, pipeline.diffusion.prediction_type, 1e6)
+                              for t, n in zip(timesteps, noise, strict=True)]))
+
+    true = loss(np.stack([s.view for s in scenes]))
+    wrong = {part: np.stack([view_from_degrees(*wrong_views(s)[part]) for s in scenes])
+             for part in ("azimuth", "polar", "distance")}
+    return {part: loss(view) / true - 1.0 for part, view in wrong.items()}
 
 
 def comparison_figure(rows: list, scale: int = 2, gap: int = 2) -> np.ndarray:

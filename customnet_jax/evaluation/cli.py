@@ -88,7 +88,7 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from customnet_jax.demo.measure import comparison_figure, evaluate
+    from customnet_jax.demo.measure import comparison_figure, evaluate, view_use
     from customnet_jax.sampling.cli import DEMO_FOLDER, enable_compilation_cache
 
     enable_compilation_cache()
@@ -96,11 +96,14 @@ def _demo(args: argparse.Namespace) -> int:
 
     folder = pathlib.Path(args.checkpoint) if args.checkpoint else DEMO_FOLDER
     figure_rows = [] if args.figure else None
-    scores = evaluate(Pipeline.from_folder(folder), args.scenes, args.steps, args.seed, args.guidance,
-                      figure_rows=figure_rows)
-    print(f"model: {folder}\n{scores.table()}")
+    pipeline = Pipeline.from_folder(folder)
+    scores = evaluate(pipeline, args.scenes, args.steps, args.seed, args.guidance, figure_rows=figure_rows)
+    use = view_use(pipeline, max(args.scenes, 32), seed=args.seed)
+    print(f"model: {folder}\n{scores.table()}\nview use (training loss on the object's box with one part of T wrong, "
+          "vs right; 0: ignored): " + ", ".join(f"{part} {value:+.1%}" for part, value in use.items()))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"model": str(folder), **dataclasses.asdict(scores)}, indent=1))
+        pathlib.Path(args.json).write_text(json.dumps({"model": str(folder), **dataclasses.asdict(scores),
+                                                       "view_use": use}, indent=1))
     if args.figure:
         from PIL import Image
 
