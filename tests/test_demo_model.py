@@ -24,22 +24,24 @@ SCENES, STEPS = 8, 20
 # (4000 steps from scratch); composition model: + background channels (configs/demo_composition.py, 700 steps).
 THRESHOLDS = {
     "prompt": {
-        "object_box_iou": 0.6,  # location: found object box vs the true object's box: 0.805 | 0.201 (truth ~0.94)
-        "background_margin": 0.04,  # the caption's background: 0.074 | -0.003 (16 scenes: 0.129)
-        "identity": 0.2,  # colours across a 5-view sheet vs the truth: 0.265 | 0.115 (truth ~0.98)
+        "object_box_iou": 0.6,  # location: found object box vs the true object's box: 0.828 | 0.150 (truth ~0.94)
+        "background_margin": 0.04,  # the caption's background: 0.107 | -0.002 (16 scenes: 0.128)
+        "identity": 0.2,  # colours across a 5-view sheet vs the truth: 0.251 | 0.139 (truth ~0.98)
         # viewpoint distance: the object's area changes as the truth's when the distance is wrong: 1.0 | 0.0
-        # (log2 area-change error 0.14 | 0.63, the truth's change 0.63)
+        # (log2 area-change error 0.07 | 0.63, the truth's change 0.63)
         "distance_follows": 0.75,
     },
     "composition": {
-        "object_box_iou": 0.6,  # 0.763 | 0.201
-        "composition_psnr": 18.0,  # dB outside the box vs the given background: 20.8 | 15.5
-        "identity": 0.17,  # 0.211 | 0.115
-        "distance_follows": 0.75,  # 1.0 | 0.0 (area-change error 0.17 | 0.63)
+        "object_box_iou": 0.6,  # 0.796 | 0.150
+        "composition_psnr": 18.0,  # dB outside the box vs the given background: 21.0 | 15.4
+        "identity": 0.17,  # 0.308 | 0.139
+        "distance_follows": 0.75,  # 1.0 | 0.0 (area-change error 0.13 | 0.63)
     },
 }
 FOLDERS = {"prompt": DEMO_FOLDER, "composition": DEMO_COMPOSITION_FOLDER}
-# Not controlled yet, so not asserted (README): the azimuth and polar parts of the viewpoint (margins ~0).
+# The azimuth is read (VIEW_USE, teacher-forced) but its sampled margins are small and noisy on 8 scenes (README),
+# so only its use is asserted; the polar angle is neither read nor controlled.
+VIEW_USE = {"azimuth": 0.02, "distance": 0.1}  # measured, 32 scenes: prompt 0.045, 0.29; composition 0.097, 0.44
 
 
 def failures(scores: measure.DemoScores, kind: str) -> list[str]:
@@ -68,3 +70,15 @@ def test_thresholds_fail_for_the_untrained_model(shipped):
     scores = measure.evaluate(Pipeline(untrained, folder.diffusion, folder, folder.tokenizer_path), SCENES, STEPS)
     missed = {f.split()[0] for f in failures(scores, kind)}
     assert missed == set(THRESHOLDS[kind]), scores.table()
+
+
+def test_shipped_model_reads_azimuth_and_distance(shipped):
+    """measure.view_use: the training loss on the object's box rises when the azimuth or the distance of T is wrong;
+    for the untrained start (cc_projection's view columns are zero) it does not change at all."""
+    _, model, folder = shipped
+    use = measure.view_use(Pipeline(model, folder.diffusion, folder, folder.tokenizer_path), 32)
+    assert all(use[part] >= low for part, low in VIEW_USE.items()), use
+    untrained = initialized_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0)), seed=0)
+    nnx.update(untrained.vae, nnx.state(model.vae, nnx.Param))
+    assert measure.view_use(Pipeline(untrained, folder.diffusion, folder, folder.tokenizer_path), 8) == {
+        "azimuth": 0.0, "polar": 0.0, "distance": 0.0}

@@ -57,9 +57,10 @@ class World:
     close_view_spread: float = 20.0
 
 
-# Named worlds (DataConfig.synthetic_world). "demo": the built-in demo model's world. Its condition view shows both
-# side colours and, with polar angles above the horizon, the top: a 2-core CPU cannot train a model
-# to imagine a hidden side (the released models learnt that from 250k objects), only to turn what it sees.
+# Named worlds (DataConfig.synthetic_world). "demo": the condition view shows both side colours and, with polar
+# angles above the horizon, the top: a 2-core CPU cannot train a model to imagine a hidden side (the released models
+# learnt that from 250k objects), only to turn what it sees; the demo's measures use it. "demo_close", what the
+# built-in demo trains on: the same with half of the target views near the condition view (ties azimuth to picture).
 WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0),
           "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5)}
 

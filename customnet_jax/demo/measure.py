@@ -45,7 +45,7 @@ from customnet_jax.data import images, synthetic
 from customnet_jax.evaluation import measures
 
 HELD_OUT_WORLD_SEED = 1
-DEMO_WORLD = "demo"  # synthetic.WORLDS: the world configs/demo.py trains on
+DEMO_WORLD = "demo"  # synthetic.WORLDS: configs/demo.py's world ("demo_close") with uniform target views
 SHEET_AZIMUTHS = (-90.0, -45.0, 0.0, 45.0, 90.0)
 POLAR_TURN = 20.0  # degrees: the wrong polar angle's distance from the requested one
 DISTANCE_CHANGE = 0.5  # world units: the wrong distance's
