@@ -63,10 +63,16 @@ def test_shipped_model_controls_location_background_identity_and_distance(shippe
     assert not failures(scores, kind), f"{failures(scores, kind)}\n{scores.table()}"
 
 
+def untrained_start(model, folder) -> CustomNet:
+    """The recipe's start: the trained VAE, the rest at its seed-0 initialisation."""
+    untrained = initialized_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0)), seed=0)
+    nnx.update(untrained.vae, nnx.state(model.vae, nnx.Param))
+    return untrained
+
+
 def test_thresholds_fail_for_the_untrained_model(shipped):
     kind, model, folder = shipped
-    untrained = initialized_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0)), seed=0)
-    nnx.update(untrained.vae, nnx.state(model.vae, nnx.Param))  # the recipe's start: trained VAE, random rest
+    untrained = untrained_start(model, folder)
     scores = measure.evaluate(Pipeline(untrained, folder.diffusion, folder, folder.tokenizer_path), SCENES, STEPS)
     missed = {f.split()[0] for f in failures(scores, kind)}
     assert missed == set(THRESHOLDS[kind]), scores.table()
@@ -78,7 +84,6 @@ def test_shipped_model_reads_azimuth_and_distance(shipped):
     _, model, folder = shipped
     use = measure.view_use(Pipeline(model, folder.diffusion, folder, folder.tokenizer_path), 32)
     assert all(use[part] >= low for part, low in VIEW_USE.items()), use
-    untrained = initialized_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0)), seed=0)
-    nnx.update(untrained.vae, nnx.state(model.vae, nnx.Param))
+    untrained = untrained_start(model, folder)
     assert measure.view_use(Pipeline(untrained, folder.diffusion, folder, folder.tokenizer_path), 8) == {
         "azimuth": 0.0, "polar": 0.0, "distance": 0.0}

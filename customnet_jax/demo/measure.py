@@ -186,16 +186,17 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
         identity = [histogram_overlap(p, f, t, m) for p, f, (t, m) in zip(sheet, sheet_found, truths[1:], strict=True)]
         errors = [object_error(p, truth, mask) for p in pictures[:2]]
         both = mask | truth_and_mask(scene, wrongs["polar"])[1]
-        errors += [object_error(pictures[0], truth, both), object_error(pictures[2], truth, both)]
         truth_change = np.log2(truth_and_mask(scene, wrongs["distance"])[1].sum() / max(mask.sum(), 1))
         change = np.log2(max(found[3].sum(), 1) / max(found[0].sum(), 1))
-        errors += [float(np.sign(change) == np.sign(truth_change)), abs(change - truth_change), abs(truth_change)]
+        polar_and_distance = [object_error(pictures[0], truth, both), object_error(pictures[2], truth, both),
+                              float(np.sign(change) == np.sign(truth_change)), abs(change - truth_change),
+                              abs(truth_change)]
         rows.append([measures.box_iou(box, scene.box_pixels), measures.box_iou(box, measures.mask_box(mask)),
                      measures.colour_agreement(pictures[0], truth, mask),
                      measures.colour_agreement(pictures[1], truth, mask), np.mean(identity),
-                     measures.identity_consistency(list(sheet), sheet_found)["colour"], *errors[:2],
+                     measures.identity_consistency(list(sheet), sheet_found)["colour"], *errors,
                      histogram_overlap(pictures[0], found[0], truth, mask),
-                     histogram_overlap(pictures[1], found[1], truth, mask), *errors[2:]])
+                     histogram_overlap(pictures[1], found[1], truth, mask), *polar_and_distance])
         outside = ~measures.box_mask(truth.shape, scene.box_pixels)
         backgrounds.append([pictures[0][outside].mean(0) / 255.0, truth[outside].mean(0) / 255.0])
         psnrs.append(measures.psnr(pictures[0], scene.background, outside) if composition else np.nan)
