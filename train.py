@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
 
     from customnet_jax.config import load_config, override
     from customnet_jax.train import synthetic
+    from customnet_jax.train.checkpoint import WorkdirInUse
     from customnet_jax.train.loop import train
     from customnet_jax.train.sharding import ConfigError
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
                                           form=args.synthetic_data)
     try:
         return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume)
-    except ConfigError as error:
+    except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

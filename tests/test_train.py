@@ -173,6 +173,23 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_second_run_in_a_busy_workdir_is_refused(tmp_path, capsys):
+    import train
+
+    from customnet_jax.train.checkpoint import WorkdirLock
+
+    args = ["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--synthetic-data", "precomputed",
+            "--set", "train.num_steps=1", "--set", "train.warmup_steps=0", "--set", "train.cooldown_steps=0"]
+    with WorkdirLock(tmp_path):  # as another process would hold it (flock: separate opens conflict)
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(args)
+        assert exit_info.value.code == 2
+        assert f"another training process (pid {os.getpid()}) is running in {tmp_path}" in capsys.readouterr().err
+        assert not (tmp_path / "checkpoints").exists()
+    assert train.main(args)["step"] == 1  # free again once the holder lets go
+    assert train.main(args)["step"] == 1  # and after a run that ended (the lock file stays, unlocked)
+
+
 def test_sharding_rules():
     big = shd.partition_spec(("unet", "conv_in", "kernel"), (3, 3, 8, 320), 4, 1024)
     assert big == shd.P(None, None, None, "fsdp")  # largest divisible dimension

@@ -8,11 +8,14 @@ orbax writes each checkpoint under a temporary name and renames it when every ho
 checkpoint that was being written when the process died is never listed: `latest_step()` is the latest
 complete one, and the leftovers of a half-written one are ignored (and removed by the next save).
 A SIGTERM (preemption) asks the loop to write a checkpoint of the current step and stop (`PreemptionFlag`).
+One run per workdir (`WorkdirLock`): a second trainer there would write over the first one's checkpoints.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import pathlib
 import signal
 from typing import Any
@@ -114,3 +117,40 @@ class PreemptionFlag:
     def restore_handlers(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class WorkdirInUse(RuntimeError):
+    """Another training process holds the workdir."""
+
+
+class WorkdirLock:
+    """An exclusive lock on <workdir>/.lock (flock, released when the process ends however it ends): a second
+    train.py in the same workdir stops with a clear error instead of racing the first one's checkpoints."""
+
+    def __init__(self, workdir: pathlib.Path):
+        self.path = workdir / ".lock"
+        self._file = None
+
+    def __enter__(self) -> WorkdirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+")  # noqa: SIM115 (held for the run)
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise WorkdirInUse(f"another training process (pid {holder}) is running in {self.path.parent}: two runs in "
+                               "one workdir overwrite each other's checkpoints; stop it first or use another "
+                               "--workdir") from None
+        file.truncate(0)
+        file.write(str(os.getpid()))
+        file.flush()
+        self._file = file
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

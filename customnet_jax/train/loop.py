@@ -9,6 +9,7 @@ when `tensorboardX` is installed (it needs no TensorFlow).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -24,7 +25,7 @@ from flax import nnx
 from customnet_jax.config import to_dict
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
-from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, abstract_like, config_differences
+from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
 from customnet_jax.train.optimizer import lr_schedule, make_optimizer
 from customnet_jax.train.step import abstract_batch, jit_step, make_step_fn
 
@@ -206,6 +207,12 @@ def train(config: Any, workdir: str | pathlib.Path, *, make_iterator: Callable |
     """
     workdir = pathlib.Path(workdir).absolute()
     main = jax.process_index() == 0
+    with WorkdirLock(workdir) if main else contextlib.nullcontext():
+        return _train(config, workdir, main, make_iterator, resume, log)
+
+
+def _train(config: Any, workdir: pathlib.Path, main: bool, make_iterator: Callable | None, resume: bool,
+           log: Callable[[str], None] | None) -> dict:
     log = log or (lambda message: print(message, flush=True))
     say = log if main else (lambda message: None)
     train_cfg = config.train
