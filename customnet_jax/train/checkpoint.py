@@ -6,7 +6,7 @@
                                  /config      the experiment config (JSON)
 orbax writes each checkpoint under a temporary name and renames it when every host has finished, so a
 checkpoint that was being written when the process died is never listed: `latest_step()` is the latest
-complete one, and the leftovers of a half-written one are ignored (and removed by the next save).
+complete one, and the leftovers of a half-written one are ignored (and removed when the next run starts).
 A SIGTERM (preemption) asks the loop to write a checkpoint of the current step and stop (`PreemptionFlag`).
 One run per workdir (`WorkdirLock`): a second trainer there would write over the first one's checkpoints.
 """
