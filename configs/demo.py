@@ -35,7 +35,7 @@ def get_config() -> Config:
         data=DataConfig(source="precomputed", path=f"{WORKDIR}/precomputed", synthetic_examples=24_000,
                         image_size=64, synthetic_seed=0, synthetic_world="demo_close"),
         train=dataclasses.replace(
-            TrainConfig(), batch_size=32, num_steps=4_000, learning_rate=4e-4, warmup_steps=300, cooldown_steps=1_000,
+            TrainConfig(), batch_size=32, num_steps=5_400, learning_rate=4e-4, warmup_steps=300, cooldown_steps=1_000,
             grad_clip_norm=1.0, weight_decay=0.0, text_kv_lr_multiplier=1.0, cc_projection_lr_multiplier=10.0,
             ema_decay=0.995, object_loss_weight=5.0,
             init_from=f"{WORKDIR}/init", log_every=100, checkpoint_every=250, keep_checkpoints=2, seed=0),

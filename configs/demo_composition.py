@@ -18,6 +18,6 @@ def get_config() -> Config:
     base = prompt_model()
     return dataclasses.replace(
         base, model=tiny_model(in_channels=12),
-        train=dataclasses.replace(base.train, num_steps=700, warmup_steps=50, cooldown_steps=350, text_dropout=0.5,
+        train=dataclasses.replace(base.train, num_steps=500, warmup_steps=50, cooldown_steps=250, text_dropout=0.5,
                                   init_from=f"{WORKDIR}/run/model"),
     )

@@ -175,7 +175,6 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
 
 def test_second_run_in_a_busy_workdir_is_refused(tmp_path, capsys):
     import train
-
     from customnet_jax.train.checkpoint import WorkdirLock
 
     args = ["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--synthetic-data", "precomputed",
