@@ -1,5 +1,5 @@
 """The shipped demo models' measured control on held-out synthetic scenes: location, background, identity and the
-distance and azimuth parts of the viewpoint.
+distance and azimuth parts of the viewpoint (the azimuth by how far the object turns, not which way).
 
 The scores (customnet_jax/demo/measure.py) are measured on scenes of a world seed the model never trained
 on, against the ground-truth renders. Thresholds sit below the measured values of the shipped model (README,
@@ -30,20 +30,20 @@ THRESHOLDS = {
         # viewpoint distance: the object's area changes as the truth's when the distance is wrong: 1.0 | 0.0
         # (log2 area-change error 0.10 | 0.63, the truth's change 0.63)
         "distance_follows": 0.75,
-        # viewpoint azimuth: the picture for the requested view is nearer the truth (colour error over its object
-        # pixels) than the picture for the view turned 180 degrees: 1.0 | 0.0 (errors 0.231 vs 0.264)
-        "view_error_wins": 0.75,
+        # Not asserted on pictures: the azimuth. Here the picture for the requested view beats the one for the view
+        # turned 180 degrees in 8 of 8 scenes, but in 8 of 16 further held-out scenes (README): the sampled effect
+        # is too weak to hold on 8 scenes, so the azimuth is asserted with view use below (loss-based, 32 scenes).
     },
     "composition": {
         "object_box_iou": 0.6,  # 0.815 | 0.150
         "composition_psnr": 18.0,  # dB outside the box vs the given background: 21.1 | 15.4
         "identity": 0.17,  # 0.305 | 0.139
         "distance_follows": 0.75,  # 1.0 | 0.0 (area-change error 0.13 | 0.63)
-        "view_error_wins": 0.6,  # 0.75 | 0.0 (errors 0.205 vs 0.239; 16 scenes x 25 steps: 0.81)
     },
 }
 FOLDERS = {"prompt": DEMO_FOLDER, "composition": DEMO_COMPOSITION_FOLDER}
-# Teacher-forced check that the azimuth and distance of T are read (the polar angle is neither read nor controlled).
+# Teacher-forced check that the azimuth and distance of T are read. Not asserted: the polar angle and the azimuth's
+# direction (turned -a instead of a), which neither model reads (prompt -0.1%, -0.0%; composition +0.1%, +0.1%).
 VIEW_USE = {"azimuth": 0.04, "distance": 0.1}  # measured, 32 scenes: prompt 0.072, 0.32; composition 0.103, 0.43
 
 
@@ -89,4 +89,4 @@ def test_shipped_model_reads_azimuth_and_distance(shipped):
     assert all(use[part] >= low for part, low in VIEW_USE.items()), use
     untrained = untrained_start(model, folder)
     assert measure.view_use(Pipeline(untrained, folder.diffusion, folder, folder.tokenizer_path), 8) == {
-        "azimuth": 0.0, "polar": 0.0, "distance": 0.0}
+        "azimuth": 0.0, "polar": 0.0, "distance": 0.0, "direction": 0.0}

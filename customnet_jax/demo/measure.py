@@ -230,7 +230,9 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     """Does the model read each part of T? No sampling: the training objective (train/step.py, on the object's box
     cells only) of held-out scenes with the true T and with one part wrong (`wrong_views`), at the same noise and
     timesteps -> {part: mean loss with it wrong / with the true T - 1} (0: that part is ignored). The views' effect
-    is largest at high noise, where only the conditions carry the object."""
+    is largest at high noise, where only the conditions carry the object. "direction": the azimuth turned the
+    other way (-a instead of a; the same |a|, so the same distance from the condition view): does the model know
+    which way the object turns, or only how far?"""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -261,6 +263,8 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     true = loss(np.stack([s.view for s in scenes]))
     wrong = {part: np.stack([view_from_degrees(*wrong_views(s)[part]) for s in scenes])
              for part in ("azimuth", "polar", "distance")}
+    mirrored = [(polar, -azimuth, radius) for polar, azimuth, radius in map(relative_degrees, scenes)]
+    wrong["direction"] = np.stack([view_from_degrees(*view) for view in mirrored])
     return {part: loss(view) / true - 1.0 for part, view in wrong.items()}
 
 
