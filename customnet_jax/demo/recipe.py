@@ -1,7 +1,7 @@
 """Make the built-in demo model from nothing: `python -m customnet_jax.demo` (or `make demo-model`).
 
     1. build the synthetic world (customnet_jax.data, tfds array_record)        workdirs/demo/data
-    2. train the demo's own VAE on its pictures (autoencoder.py) [and image encoder: image_encoder.py]
+    2. train the demo's own VAE on its pictures (autoencoder.py)
     3. an initial model folder: that VAE + random UNet, CLIPs, cc_projection     workdirs/demo/init
     4. precompute the frozen encoders' outputs once                              workdirs/demo/precomputed
     5. train.py's loop on the precomputed data (configs/demo.py)                  workdirs/demo/run
@@ -39,14 +39,11 @@ def raw_config(config: Config, workdir: pathlib.Path) -> Config:
                                                                 path=str(workdir / "data")))
 
 
-def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, decoder_steps: int,
-                     image_encoder_steps: int) -> pathlib.Path:
-    """Stages 2-3: the demo VAE and image encoder, then a model folder holding them beside randomly initialised
-    networks (the UNet, cc_projection, the text encoder)."""
+def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, decoder_steps: int) -> pathlib.Path:
+    """Stages 2-3: the demo VAE, then a model folder holding it beside randomly initialised networks."""
     from flax import nnx
 
     from customnet_jax.demo.autoencoder import AutoencoderTraining, train_autoencoder
-    from customnet_jax.demo.image_encoder import ImageEncoderTraining, train_image_encoder
     from customnet_jax.model_folder import param_tree, save_model_folder
     from customnet_jax.models.build import initialized_model
     from customnet_jax.models.customnet import CustomNet
@@ -61,13 +58,9 @@ def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, deco
     model = initialized_model(lambda: CustomNet(model_config, rngs=nnx.Rngs(0)), seed=config.train.seed)
     params = param_tree(model)
     params["vae"] = param_tree(vae)
-    if image_encoder_steps:
-        params["image_encoder"] = param_tree(train_image_encoder(
-            raw_config(config, workdir), config.model.image_encoder, ImageEncoderTraining(steps=image_encoder_steps),
-            log=log))
     save_model_folder(folder, params, model_config, config.diffusion,
                       provenance={"format": "customnet-jax demo init", "vae_steps": vae_steps,
-                                  "decoder_steps": decoder_steps, "image_encoder_steps": image_encoder_steps,
+                                  "decoder_steps": decoder_steps,
                                   "latent_scale": model_config.latent_scale})
     log(f"wrote the initial model folder {folder} (latent scale {model_config.latent_scale})")
     return folder
@@ -81,9 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--decoder-steps", type=int, default=0, help="then the VAE decoder alone (measured: no gain)")
-    parser.add_argument("--image-encoder-steps", type=int, default=0,
-                        help="train the demo's image encoder (image_encoder.py, e.g. 4000) instead of keeping CLIP's "
-                             "random initialisation (the shipped model's)")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
@@ -107,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"{what}: {(time.time() - lap) / 60:.1f} min")
         lap = time.time()
 
-    init = make_init_folder(config, workdir, args.vae_steps, args.decoder_steps, args.image_encoder_steps)
+    init = make_init_folder(config, workdir, args.vae_steps, args.decoder_steps)
     finished("world and demo VAE (stages 1-3)")
     model, folder = load_model(init)
     config = dataclasses.replace(config, model=folder.model)  # with the VAE's latent scale
