@@ -99,7 +99,8 @@ def test_foreground_pixels_separate_object_from_background():
 
 def test_view_use_reads_only_the_view_columns():
     """measure.view_use on the demo architecture, untrained: cc_projection's view columns start at zero, so a wrong
-    part of T changes nothing (exactly 0); given weight on the azimuth columns alone, only the azimuth reads."""
+    part of T changes nothing (exactly 0); given weight on the azimuth columns alone, only the azimuth (and so its
+    direction) reads."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -114,10 +115,11 @@ def test_view_use_reads_only_the_view_columns():
         if isinstance(param, nnx.Param) and not np.any(param.get_value()):
             param.set_value(jnp.asarray(0.1 * rng.standard_normal(param.shape), param.dtype))
     assert measure.view_use(Pipeline(model), num_scenes=4, timesteps=(900,)) == {
-        "azimuth": 0.0, "polar": 0.0, "distance": 0.0}
+        "azimuth": 0.0, "polar": 0.0, "distance": 0.0, "direction": 0.0}
     kernel = model.cc_projection.kernel
     rows = jnp.arange(kernel.shape[0])[:, None]
     azimuth_rows = (rows == kernel.shape[0] - 3) | (rows == kernel.shape[0] - 2)  # the sin, cos rows of T
     kernel.set_value(jnp.where(azimuth_rows, 3.0, kernel.get_value()))
     use = measure.view_use(Pipeline(model), num_scenes=4, timesteps=(900,))
-    assert abs(use["azimuth"]) > 1e-3 and use["polar"] == 0.0 and use["distance"] == 0.0, use
+    assert abs(use["azimuth"]) > 1e-3 and abs(use["direction"]) > 1e-3, use
+    assert use["polar"] == 0.0 and use["distance"] == 0.0, use
