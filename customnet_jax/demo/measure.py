@@ -64,14 +64,16 @@ def relative_degrees(scene: synthetic.Scene) -> tuple[float, float, float]:
 
 def wrong_views(scene: synthetic.Scene) -> dict[str, tuple[float, float, float]]:
     """The requested view with one part wrong: azimuth turned 180 degrees; polar angle or distance moved towards
-    the middle of the world's range (so the wrong camera stays near the cameras the model trained on)."""
+    the middle of the world's range (so the wrong camera stays near the cameras the model trained on); direction:
+    the azimuth turned the other way (-a for a)."""
     polar, azimuth, radius = relative_degrees(scene)
     world, target = scene.world, scene.target_camera
     polar_sign = -1.0 if target.polar >= np.mean(world.polar_range) else 1.0
     radius_sign = -1.0 if target.radius >= np.mean(world.radius_range) else 1.0
     return {"azimuth": (polar, (azimuth + 180.0) % 360.0, radius),
             "polar": (polar + polar_sign * POLAR_TURN, azimuth, radius),
-            "distance": (polar, azimuth, radius + radius_sign * DISTANCE_CHANGE)}
+            "distance": (polar, azimuth, radius + radius_sign * DISTANCE_CHANGE),
+            "direction": (polar, -azimuth % 360.0, radius)}
 
 
 def truth_and_mask(scene: synthetic.Scene, degrees: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
@@ -262,9 +264,7 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
 
     true = loss(np.stack([s.view for s in scenes]))
     wrong = {part: np.stack([view_from_degrees(*wrong_views(s)[part]) for s in scenes])
-             for part in ("azimuth", "polar", "distance")}
-    mirrored = [(polar, -azimuth, radius) for polar, azimuth, radius in map(relative_degrees, scenes)]
-    wrong["direction"] = np.stack([view_from_degrees(*view) for view in mirrored])
+             for part in ("azimuth", "polar", "distance", "direction")}
     return {part: loss(view) / true - 1.0 for part, view in wrong.items()}
 
 
