@@ -263,9 +263,9 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
                               for t, n in zip(timesteps, noise, strict=True)]))
 
     true = loss(np.stack([s.view for s in scenes]))
-    wrong = {part: np.stack([view_from_degrees(*wrong_views(s)[part]) for s in scenes])
-             for part in ("azimuth", "polar", "distance", "direction")}
-    return {part: loss(view) / true - 1.0 for part, view in wrong.items()}
+    wrong = [wrong_views(s) for s in scenes]
+    return {part: loss(np.stack([view_from_degrees(*views[part]) for views in wrong])) / true - 1.0
+            for part in wrong[0]}
 
 
 def comparison_figure(rows: list, scale: int = 2, gap: int = 2) -> np.ndarray:
