@@ -140,9 +140,9 @@ def benchmark(args) -> dict:
     from customnet_jax.diffusion import ddim
     from customnet_jax.diffusion.schedule import DiffusionConfig, add_noise, alphas_cumprod
     from customnet_jax.models.build import abstract_model, model_with_params
+    from customnet_jax.models.params import param_shapes
     from customnet_jax.models.unet import UNet
     from customnet_jax.weights import rules as R
-    from customnet_jax.weights.params import param_shapes
     from customnet_jax.weights.unet_names import unet_rules
     from tests.helpers import rel_l2
     from tests.test_sampling import reference_scheduler

@@ -66,8 +66,8 @@ def main() -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from configs import tiny
     from customnet_jax.data import build, precompute
-    from customnet_jax.data.synthetic import World
     from customnet_jax.experiment import Config, DataConfig
+    from customnet_jax.world.synthetic import World
 
     work = pathlib.Path(args.workdir)
     rows = []

@@ -210,7 +210,7 @@ def sample_latency(args, emit) -> None:
 
     from customnet_jax.models.build import initialized_model
     from customnet_jax.models.customnet import CustomNet
-    from customnet_jax.sampling.demo import default_object
+    from customnet_jax.sampling.builtin_model import default_object
     from customnet_jax.sampling.pipeline import Pipeline
 
     config = base_config(args.size)

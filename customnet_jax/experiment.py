@@ -21,7 +21,7 @@ class DataConfig:
     image_size: int = 0  # stored picture size of a synthetic world built on demand (0: model resolution)
     synthetic_examples: int = 4096  # train examples of a synthetic world built on demand
     synthetic_seed: int = 0  # its world seed
-    synthetic_world: str = "default"  # its parameters: a name in customnet_jax.data.synthetic.WORLDS
+    synthetic_world: str = "default"  # its parameters: a name in customnet_jax.world.synthetic.WORLDS
 
 
 @dataclasses.dataclass(frozen=True)

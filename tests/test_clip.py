@@ -9,9 +9,9 @@ from flax import nnx
 
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPImageEncoder, CLIPTextConfig, CLIPTextEncoder, CLIPVisionConfig
+from customnet_jax.models.params import param_shapes, set_params
 from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.weights.clip_names import clip_text_rules, clip_vision_openai_rules, clip_vision_transformers_rules
-from customnet_jax.weights.params import param_shapes, set_params
 from customnet_jax.weights.rules import expected_torch_shapes, import_tensors, prefixed
 from tests.helpers import rel_l2, torch_state_to_numpy
 from tests.reference_state import reference_shapes

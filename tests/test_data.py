@@ -17,12 +17,13 @@ from PIL import Image
 
 from configs import tiny
 from customnet_jax import conditioning
-from customnet_jax.data import builders, images, pairs, pipeline, precomputed, synthetic, synthetic_files
+from customnet_jax.data import builders, images, photo_pairs, pipeline, precomputed
 from customnet_jax.data.transforms import DROP_KEYS, PRECOMPUTED_KEYS, RAW_KEYS, DrawDropout
 from customnet_jax.experiment import DataConfig
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.text import load_tokenizer, tokenize
+from customnet_jax.world import source_folders, synthetic
 
 SIZE = 32
 WORLD = synthetic.World(image_size=SIZE)
@@ -157,7 +158,7 @@ def test_synthetic_builder_reads_back(synthetic_data):
 
 
 def test_views_builder_reads_back(tmp_path):
-    objects = synthetic_files.write_views_folder(tmp_path / "views", 5, 4, world=WORLD, captions=True)
+    objects = source_folders.write_views_folder(tmp_path / "views", 5, 4, world=WORLD, captions=True)
     listed = ["obj0003", "obj0000", "obj0004", "obj0001"]  # obj0002 left out; this order fixes the split
     (tmp_path / "views" / "valid_paths.json").write_text(json.dumps(listed))
     folder, report = builders.build("views", tmp_path / "data", path=tmp_path / "views", image_size=SIZE,
@@ -187,8 +188,8 @@ def test_views_builder_reads_back(tmp_path):
 
 
 def test_views_placement_and_alpha_modes(tmp_path):
-    synthetic_files.write_views_folder(tmp_path / "views", 2, 3, world=WORLD)
-    synthetic_files.write_backgrounds(tmp_path / "bgs", 2, 40)
+    source_folders.write_views_folder(tmp_path / "views", 2, 3, world=WORLD)
+    source_folders.write_backgrounds(tmp_path / "bgs", 2, 40)
     folder, _ = builders.build("views", tmp_path / "data", path=tmp_path / "views", image_size=SIZE,
                                pairs_per_object=6, backgrounds=tmp_path / "bgs", place_fraction=1.0)
     pictures = [images.resize_rgb(np.asarray(Image.open(p).convert("RGB")), SIZE)
@@ -224,7 +225,7 @@ def _spec_box(bbox, width, height):
 
 
 def test_pairs_builder_reads_back(tmp_path):
-    photos = synthetic_files.write_photo_folders(tmp_path / "photos", 3, 2, world=WORLD)
+    photos = source_folders.write_photo_folders(tmp_path / "photos", 3, 2, world=WORLD)
     folder, report = builders.build("pairs", tmp_path / "data", path=tmp_path / "photos", image_size=SIZE)
     assert report.count == 0
     records = {**_records(folder), **_records(folder, "validation")}
@@ -245,7 +246,7 @@ def test_pairs_builder_reads_back(tmp_path):
         view = np.asarray(Image.open(photo_dir / f"multi_view_{int(index):02d}.jpg").convert("RGB"))
         np.testing.assert_array_equal(record["object"], images.resize_rgb(view, SIZE))
         assert record["caption"].decode() == info["caption"]
-    assert pairs.enlarged_box([10, 20, 50, 100], 500, 400) == tuple(
+    assert photo_pairs.enlarged_box([10, 20, 50, 100], 500, 400) == tuple(
         int(v) for v in _spec_box([10, 20, 50, 100], 500, 400) * 256)
 
 
@@ -272,7 +273,7 @@ def test_pairs_manifest(tmp_path):
 
 def test_bad_data_is_skipped_and_reported(tmp_path):
     views = tmp_path / "views"
-    synthetic_files.write_views_folder(views, 3, 4, world=WORLD)
+    source_folders.write_views_folder(views, 3, 4, world=WORLD)
     (views / "obj0000" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")  # corrupt PNG
     (views / "obj0001" / "002.npy").unlink()  # missing camera file
     np.save(views / "obj0001" / "000.npy", np.eye(3, dtype=np.float32))  # wrong matrix shape
@@ -297,7 +298,7 @@ def test_bad_data_is_skipped_and_reported(tmp_path):
     assert not any("001" in k for k in train if k.startswith("obj0000"))
 
     photos = tmp_path / "photos"
-    synthetic_files.write_photo_folders(photos, 4, 2, world=WORLD)
+    source_folders.write_photo_folders(photos, 4, 2, world=WORLD)
     Image.fromarray(np.zeros((SIZE, SIZE * 5 // 4), np.uint8)).save(photos / "photo0000" / "mask.jpg")
     (photos / "photo0001" / "input.jpg").write_bytes(b"garbage")
     (photos / "photo0002" / "multi_view_01.jpg").unlink()

@@ -25,7 +25,6 @@ from transformers import (
 )
 
 from configs.tiny import tiny_model
-from customnet_jax.data import synthetic
 from customnet_jax.evaluation import measures
 from customnet_jax.evaluation.cli import main as eval_main
 from customnet_jax.evaluation.embedders import IMAGENET_MEAN, IMAGENET_STD, ClipEmbedder, DinoEmbedder
@@ -36,6 +35,7 @@ from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.sampling.pipeline import Pipeline
 from customnet_jax.text import ASSETS
+from customnet_jax.world import synthetic
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
             patch_size=8)

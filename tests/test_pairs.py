@@ -22,16 +22,16 @@ from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import abstract_model, model_with_params
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.models.init import initial_params
+from customnet_jax.models.params import param_shapes
 from customnet_jax.pairs import cli
 from customnet_jax.pairs.build import BuildOptions, BuildReport, Stages, build_pairs
 from customnet_jax.pairs.caption import Captions, Subjects
 from customnet_jax.pairs.cli import main
 from customnet_jax.pairs.filters import Filters
+from customnet_jax.pairs.novel_views import ViewSynthesizer, photo_seed, random_views
 from customnet_jax.pairs.prompts import Prompt, PromptSource
 from customnet_jax.pairs.segment import MaskFolder, SamSegmenter, Segment, mask_bbox
 from customnet_jax.pairs.sources import Annotations, ImageItem, folder_items, load_photo, shard, tfds_items
-from customnet_jax.pairs.views import ViewSynthesizer, photo_seed, random_views
-from customnet_jax.weights.params import param_shapes
 
 VIEWS, STEPS = 2, 2  # every zero123 call has this shape: one compiled program for the whole file
 GOOD = ["a_car", "b_dog", "c_cat", "e_gray", "f_edge", "sub__d_cup"]  # ids of the decodable photos
@@ -227,7 +227,7 @@ def _expected_square(bbox, width: int, height: int) -> tuple[int, int, int, int]
 
 def test_cli_whole_chain_writes_what_the_pairs_reader_takes(models, photos, tmp_path, monkeypatch):
     """SAM (given boxes, a point, OWL-ViT detections) + zero123 + BLIP-2, all loaded from folders by the CLI."""
-    from customnet_jax.data.pairs import read_photo
+    from customnet_jax.data.photo_pairs import read_photo
     from customnet_jax.data.records import SkipReport
 
     images, _, _ = photos

@@ -7,9 +7,9 @@ import pytest
 from flax import nnx
 
 from customnet_jax.models.build import abstract_model, model_with_params
+from customnet_jax.models.params import param_shapes
 from customnet_jax.models.unet import UNet, UNetConfig
 from customnet_jax.weights import rules as R
-from customnet_jax.weights.params import param_shapes
 from customnet_jax.weights.unet_names import unet_rules
 from tests.helpers import rel_l2
 from tests.reference_state import reference_shapes

@@ -9,9 +9,9 @@ import pytest
 import torch
 from flax import nnx
 
+from customnet_jax.models import params as P
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.vae import VAE, VAEConfig, sample_posterior
-from customnet_jax.weights import params as P
 from customnet_jax.weights import rules as R
 from customnet_jax.weights.vae_names import vae_rules
 from tests.helpers import rel_l2

@@ -11,10 +11,10 @@ from flax import nnx
 
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
+from customnet_jax.models.params import param_shapes
 from customnet_jax.models.unet import UNet, UNetConfig
 from customnet_jax.models.vae import VAE, VAEConfig
 from customnet_jax.weights import rules as R
-from customnet_jax.weights.params import param_shapes
 from customnet_jax.weights.unet_names import unet_rules
 from customnet_jax.weights.vae_names import vae_rules
 

@@ -24,8 +24,8 @@ from customnet_jax.convert.readers import open_checkpoint
 from customnet_jax.convert.writers import SafetensorsWriter, TorchZipWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import load_model
+from customnet_jax.models.params import param_shapes
 from customnet_jax.weights.customnet_names import customnet_rules
-from customnet_jax.weights.params import param_shapes
 from customnet_jax.weights.rules import Rule, expected_torch_shapes, to_torch
 
 

@@ -45,11 +45,11 @@ from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
+from customnet_jax.models.params import param_shapes
 from customnet_jax.models.unet import UNetConfig
 from customnet_jax.text import ASSETS as DEFAULT_TOKENIZER
 from customnet_jax.weights.clip_names import clip_text_rules
 from customnet_jax.weights.customnet_names import IGNORED, customnet_rules
-from customnet_jax.weights.params import param_shapes
 from customnet_jax.weights.rules import CheckpointMismatchError, Path, import_tensors, prefixed
 
 EXTRA_TENSORS = "extra_tensors.safetensors"  # source tensors the model does not use, kept for a faithful export

@@ -1,7 +1,7 @@
 """CustomNet training data: tfds builders for three sources, a grain pipeline, and a precompute step.
 
 Sources (tfds GeneratorBasedBuilders writing array_record files; no TensorFlow):
-  build("synthetic", data_dir, world=World(image_size=64), num_examples=N)    the synthetic world (synthetic.py)
+  build("synthetic", data_dir, world=World(image_size=64), num_examples=N)    the synthetic world (world/synthetic.py)
   build("views", data_dir, path=views_release, image_size=256, pairs_per_object=4, backgrounds="", captions="")
   build("pairs", data_dir, path=photo_folders_or_manifest.jsonl, image_size=256)
 -> (dataset folder, SkipReport): bad items (corrupt pictures, missing / misshapen camera files, empty masks, ...)

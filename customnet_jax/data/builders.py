@@ -18,8 +18,8 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
-from customnet_jax.data import pairs, records, views
-from customnet_jax.data.synthetic import World, scene
+from customnet_jax.data import photo_pairs, records, zero123_renders
+from customnet_jax.world.synthetic import World, scene
 
 VALIDATION_SEED_OFFSET = 1 << 30  # synthetic validation scenes: seeds 2^30, 2^30 + 1, ...
 SPLITS = ("validation", "train")  # the small split first: if all of it is bad, the retry without it is cheap
@@ -104,22 +104,22 @@ class CustomnetSynthetic(_RawBuilder, skip_registration=True):
 
 
 class CustomnetViews(_RawBuilder, skip_registration=True):
-    """Pairs of distinct views of Zero-1-to-3 / Objaverse renders (views.py)."""
+    """Pairs of distinct views of Zero-1-to-3 / Objaverse renders (zero123_renders.py)."""
 
     def _generate_examples(self, split):
         c = self.builder_config
-        yield from views.view_records(c.path, split, size=c.image_size, pairs_per_object=c.pairs_per_object,
+        yield from zero123_renders.view_records(c.path, split, size=c.image_size, pairs_per_object=c.pairs_per_object,
                                       seed=c.seed, backgrounds=c.backgrounds, place_fraction=c.place_fraction,
                                       box_range=tuple(c.box_range), captions=c.captions, alpha_mode=c.alpha_mode,
                                       report=self.report)
 
 
 class CustomnetPairs(_RawBuilder, skip_registration=True):
-    """Prepared natural-image pairs (pairs.py)."""
+    """Prepared natural-image pairs (photo_pairs.py)."""
 
     def _generate_examples(self, split):
         c = self.builder_config
-        yield from pairs.pair_records(c.path, split, size=c.image_size, report=self.report)
+        yield from photo_pairs.pair_records(c.path, split, size=c.image_size, report=self.report)
 
 
 BUILDERS = {"synthetic": (CustomnetSynthetic, SyntheticConfig), "views": (CustomnetViews, ViewsConfig),

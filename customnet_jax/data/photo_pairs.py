@@ -27,7 +27,7 @@ from PIL import Image
 from customnet_jax.conditioning import view_from_degrees
 from customnet_jax.data.images import clip_box, resize_rgb, whiten
 from customnet_jax.data.records import BadData, SkipReport, raw_record
-from customnet_jax.data.views import split_ids
+from customnet_jax.data.zero123_renders import split_ids
 
 CANVAS = 256  # the original's box arithmetic is in 256-px canvas pixels
 

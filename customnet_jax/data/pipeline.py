@@ -56,7 +56,7 @@ def dataset_path(config: Config, process_count: int = 1) -> pathlib.Path:
                                     "with customnet_jax.data.build(...) or customnet_jax.data.precompute(...)")
         return folder
     from customnet_jax.data.builders import build, config_name  # only for the synthetic world
-    from customnet_jax.data.synthetic import named_world
+    from customnet_jax.world.synthetic import named_world
 
     world = named_world(data.synthetic_world, image_size=data.image_size or config.model.resolution,
                         seed=data.synthetic_seed)

@@ -25,7 +25,7 @@ from PIL import Image
 from customnet_jax.conditioning import view_from_cameras
 from customnet_jax.data.images import paste_rgba, resize_rgb, resize_rgba, whiten
 from customnet_jax.data.records import BadData, SkipReport, raw_record
-from customnet_jax.data.synthetic import sample_box
+from customnet_jax.world.synthetic import sample_box
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

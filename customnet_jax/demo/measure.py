@@ -41,8 +41,9 @@ from typing import Any
 import numpy as np
 
 from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data import images, synthetic
+from customnet_jax.data import images
 from customnet_jax.evaluation import measures
+from customnet_jax.world import synthetic
 
 HELD_OUT_WORLD_SEED = 1
 DEMO_WORLD = "demo"  # synthetic.WORLDS: configs/demo.py's world ("demo_close") with uniform target views

@@ -152,7 +152,7 @@ def _protocol(args: argparse.Namespace) -> int:
 
         require_torch()  # fail before hours of sampling, not after
     enable_compilation_cache()
-    from customnet_jax.sampling.demo import demo_pipeline
+    from customnet_jax.sampling.builtin_model import demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32

@@ -38,8 +38,8 @@ def known_background(settings: dict, base: pathlib.Path) -> np.ndarray | None:
 
 
 def synthetic_scene(info: dict) -> Any:
-    """The data.synthetic Scene that a protocol's synthetic object came from."""
-    from customnet_jax.data import synthetic
+    """The world.synthetic Scene that a protocol's synthetic object came from."""
+    from customnet_jax.world import synthetic
 
     world = {k: tuple(v) if isinstance(v, list) else v for k, v in info["world"].items()}
     return synthetic.scene(int(info["scene"]), synthetic.World(**world))
@@ -48,7 +48,7 @@ def synthetic_scene(info: dict) -> Any:
 def synthetic_truth(scene: Any, view: Any, bbox: Any, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth for one requested (polar, azimuth, radius) view: the render at the moved camera, resized
     into the box over `background` -> (uint8 picture, bool object mask)."""
-    from customnet_jax.data.synthetic import over
+    from customnet_jax.world.synthetic import over
 
     x0, y0, x1, y1 = (int(v) for v in bbox)
     camera = scene.condition_camera.moved(float(view[0]), float(view[1]), float(view[2]))

@@ -140,12 +140,12 @@ def objects_from_folder(folder: str | pathlib.Path, limit: int | None = None) ->
 
 def synthetic_objects(out: str | pathlib.Path, count: int, resolution: int, world_seed: int = 0,
                       first: int = 0) -> tuple[ObjectEntry, ...]:
-    """`count` objects of the synthetic world (data.synthetic scenes first..first+count-1) at the model's
+    """`count` objects of the synthetic world (world.synthetic scenes first..first+count-1) at the model's
     resolution: the condition-view render on white is the object picture and the reference (written to
     <out>/objects/), the scene's box is the requested box, its background the composition background. Ground
     truth exists for every view, so the viewpoint measures apply."""
-    from customnet_jax.data import synthetic
     from customnet_jax.evaluation.groundtruth import world_info
+    from customnet_jax.world import synthetic
 
     world = synthetic.World(image_size=resolution, seed=world_seed)
     folder = pathlib.Path(out) / "objects"

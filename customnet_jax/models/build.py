@@ -40,7 +40,7 @@ def abstract_model(build: Callable[[], M]) -> M:
 
 def model_with_params(build: Callable[[], M], params: dict) -> M:
     """The model of `build` holding `params` (path -> array, every parameter)."""
-    from customnet_jax.weights.params import set_params  # weights depends on models, not the reverse
+    from customnet_jax.models.params import set_params  # weights depends on models, not the reverse
 
     model = abstract_model(build)
     set_params(model, params)
@@ -50,7 +50,7 @@ def model_with_params(build: Callable[[], M], params: dict) -> M:
 def initialized_model(build: Callable[[], M], seed: int = 0) -> M:
     """The model of `build` with fresh random parameters drawn on the host (customnet_jax.models.init)."""
     from customnet_jax.models.init import initial_params
-    from customnet_jax.weights.params import param_shapes
+    from customnet_jax.models.params import param_shapes
 
     shapes = param_shapes(abstract_model(build))
     return model_with_params(build, initial_params(shapes, seed))

@@ -9,7 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from customnet_jax.weights.rules import CheckpointMismatchError, Path
+Path = tuple[str | int, ...]  # a parameter's place in the model: attribute names and list indices
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's tensors do not match the model: missing or unexpected keys, or wrong shapes."""
 
 
 def param_shapes(model: nnx.Module) -> dict[Path, tuple[int, ...]]:

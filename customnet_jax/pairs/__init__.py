@@ -3,7 +3,7 @@
     python build_pairs.py --images DIR --out DIR --zero123 MODEL --sam DIR --boxes JSON --blip2 DIR
 
 Modules: sources (photo folders / tfds datasets, ids, sharding), prompts (given box / point, zero-shot
-detector, centre), segment (SAM, given masks), filters, views (zero123 stage), caption (BLIP-2, known
+detector, centre), segment (SAM, given masks), filters, novel_views (zero123 stage), caption (BLIP-2, known
 captions, subject names), build (orchestration, layout, resume, report), cli. torch / transformers / JAX are
 imported only by the stages that need them.
 """

@@ -13,7 +13,7 @@ filters -> zero123 views at random relative viewpoints -> caption and subject ->
 
 meta "view" i is the zero123 delta (degrees) that turned the photo's object into multi_view_i; training takes
 view i as the condition and the photo as the target, so T = [rad(-polar), sin(rad(-azimuth)),
-cos(rad(-azimuth)), -radius] (customnet_jax.data.pairs does that, and enlarges the bbox to the square of side
+cos(rad(-azimuth)), -radius] (customnet_jax.data.photo_pairs does that, and enlarges the bbox to the square of side
 max(w, h) * 256/200 on the 256 canvas). object.json also records that square in photo pixels.
 
 Each folder is written under <out>/.staging/ and renamed into place when complete, so an existing folder is a
@@ -40,10 +40,10 @@ from PIL import Image
 
 from customnet_jax.pairs.caption import Captions, Subjects
 from customnet_jax.pairs.filters import Filters
+from customnet_jax.pairs.novel_views import ViewMaker, photo_seed, random_views
 from customnet_jax.pairs.prompts import Prompt, PromptSource
 from customnet_jax.pairs.segment import Segmenter, mask_bbox
 from customnet_jax.pairs.sources import ImageItem, SkipImage, load_photo, shard
-from customnet_jax.pairs.views import ViewMaker, photo_seed, random_views
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"

@@ -136,7 +136,7 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 def make_stages(args: argparse.Namespace) -> Stages:
     """Load every model the arguments name (errors here are fatal: nothing would work without them)."""
-    from customnet_jax.pairs.views import ViewSynthesizer
+    from customnet_jax.pairs.novel_views import ViewSynthesizer
 
     device, dtype = args.torch_device, args.torch_dtype
     segmenter = SamSegmenter(args.sam, device, dtype) if args.sam else MaskFolder(args.masks)

@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
     from customnet_jax.demo.measure import condition_object
-    from customnet_jax.sampling.demo import default_scene, demo_pipeline
+    from customnet_jax.sampling.builtin_model import default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32

@@ -314,7 +314,7 @@ def write_sample_sheet(trainer: Trainer, workdir: pathlib.Path, step: int, log: 
     from flax import traverse_util
 
     from customnet_jax.models.build import model_with_params
-    from customnet_jax.sampling.demo import default_object
+    from customnet_jax.sampling.builtin_model import default_object
     from customnet_jax.sampling.outputs import write_results
     from customnet_jax.sampling.pipeline import Pipeline
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-Path = tuple[str | int, ...]
+from customnet_jax.models.params import CheckpointMismatchError, Path
+
 LAYOUTS = ("copy", "linear", "conv")
 
 
@@ -32,10 +33,6 @@ class Rule:
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r}")
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not match the model: missing or unexpected keys, or wrong shapes."""
 
 
 def prefixed(rules: Iterable[Rule], torch_prefix: str = "", path_prefix: Path = ()) -> list[Rule]:

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from customnet_jax.data.synthetic import (
+from customnet_jax.world.synthetic import (
     World,
     background,
     on_white,

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data.renderer import (
+from customnet_jax.world.renderer import (
     COLORS,
     SHAPES,
     Camera,
