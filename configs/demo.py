@@ -21,9 +21,9 @@ Three choices differ from the paper's 256 px recipe, each for a measured reason 
 
 import dataclasses
 
-from configs.tiny import tiny_model
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.experiment import Config, DataConfig, TrainConfig
+from customnet_jax.models.presets import tiny_model
 
 WORKDIR = "workdirs/demo"
 

@@ -10,8 +10,8 @@ import dataclasses
 
 from configs.demo import WORKDIR
 from configs.demo import get_config as prompt_model
-from configs.tiny import tiny_model
 from customnet_jax.experiment import Config
+from customnet_jax.models.presets import tiny_model
 
 
 def get_config() -> Config:

@@ -1,25 +1,13 @@
 """A tiny CustomNet with the full architecture's structure: runs a train step or a sampler in seconds on a CPU.
 
-Used by the tests; 64 px images, 16x16x4 latents, 3 UNet levels, 2-layer CLIPs of width 32.
+Used by the tests; 64 px images, 16x16x4 latents, 3 UNet levels, 2-layer CLIPs of width 32
+(the model: customnet_jax/models/presets.py).
 """
 
 from customnet_jax.experiment import Config, DataConfig, TrainConfig
-from customnet_jax.models.clip import CLIPTextConfig, CLIPVisionConfig
-from customnet_jax.models.customnet import CustomNetConfig
-from customnet_jax.models.unet import UNetConfig
-from customnet_jax.models.vae import VAEConfig
+from customnet_jax.models.presets import tiny_model
 
-
-def tiny_model(in_channels: int = 8, text: bool = True) -> CustomNetConfig:
-    return CustomNetConfig(
-        unet=UNetConfig(in_channels=in_channels, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        attention_levels=(0, 1), num_heads=4, context_dim=32, norm_groups=8, text_context=text),
-        vae=VAEConfig(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, norm_groups=8),
-        image_encoder=CLIPVisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=4, mlp_dim=64,
-                                       projection_dim=32),
-        text_encoder=CLIPTextConfig(width=32, layers=2, heads=4, mlp_dim=64) if text else None,
-        resolution=64,
-    )
+__all__ = ["get_config", "tiny_model"]
 
 
 def get_config() -> Config:

@@ -20,7 +20,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import convert_weights
-from configs.tiny import tiny_model
 from customnet_jax.convert import (
     CheckpointFormatError,
     LazyTensor,
@@ -33,6 +32,7 @@ from customnet_jax.convert import (
 from customnet_jax.convert.importers import default_config
 from customnet_jax.convert.layouts import infer_config
 from customnet_jax.model_folder import load_model
+from customnet_jax.models.presets import tiny_model
 from customnet_jax.weights.rules import CheckpointMismatchError
 from tests.helpers import rel_l2, torch_state_to_numpy
 from tests.reference_state import reference_shapes

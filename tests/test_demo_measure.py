@@ -104,9 +104,9 @@ def test_view_use_reads_only_the_view_columns():
     import jax.numpy as jnp
     from flax import nnx
 
-    from configs.tiny import tiny_model
     from customnet_jax.models.build import initialized_model
     from customnet_jax.models.customnet import CustomNet
+    from customnet_jax.models.presets import tiny_model
     from customnet_jax.sampling.pipeline import Pipeline
 
     model = initialized_model(lambda: CustomNet(tiny_model(), rngs=nnx.Rngs(0)), seed=0)

@@ -24,7 +24,6 @@ from transformers import (
     ViTModel,
 )
 
-from configs.tiny import tiny_model
 from customnet_jax.evaluation import measures
 from customnet_jax.evaluation.cli import main as eval_main
 from customnet_jax.evaluation.embedders import IMAGENET_MEAN, IMAGENET_STD, ClipEmbedder, DinoEmbedder
@@ -33,6 +32,7 @@ from customnet_jax.evaluation.protocol import Protocol, evaluate_run, run_protoc
 from customnet_jax.evaluation.report import write_report
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
+from customnet_jax.models.presets import tiny_model
 from customnet_jax.sampling.pipeline import Pipeline
 from customnet_jax.text import ASSETS
 from customnet_jax.world import synthetic

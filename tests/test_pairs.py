@@ -16,13 +16,13 @@ import torch
 from flax import nnx
 from PIL import Image
 
-from configs.tiny import tiny_model
 from customnet_jax.conditioning import view_from_degrees
 from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import abstract_model, model_with_params
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.models.init import initial_params
 from customnet_jax.models.params import param_shapes
+from customnet_jax.models.presets import tiny_model
 from customnet_jax.pairs import cli
 from customnet_jax.pairs.build import BuildOptions, BuildReport, Stages, build_pairs
 from customnet_jax.pairs.caption import Captions, Subjects

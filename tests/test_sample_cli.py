@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from configs.tiny import tiny_model
 from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
+from customnet_jax.models.presets import tiny_model
 from customnet_jax.sampling.cli import main, parse_values, views_from
 
 

@@ -11,12 +11,12 @@ import torch
 from diffusers import DDIMScheduler
 from flax import nnx
 
-from configs.tiny import tiny_model
 from customnet_jax.diffusion import ddim
 from customnet_jax.diffusion.schedule import DiffusionConfig, alphas_cumprod
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.models.params import get_params, set_params
+from customnet_jax.models.presets import tiny_model
 from customnet_jax.sampling.pipeline import Pipeline
 from tests.helpers import rel_l2
 from tests.test_unet import TINY, diffusers_unet, our_unet, random_ldm_state
