@@ -2,7 +2,8 @@
 
 import sys
 
+from customnet_jax.demo.eval_command import COMMAND as DEMO_COMMAND
 from customnet_jax.evaluation.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(commands=[DEMO_COMMAND]))

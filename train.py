@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
     init_distributed(args)
 
     from customnet_jax.config import load_config, override
+    from customnet_jax.sampling.training_sheets import sample_sheet_hooks
     from customnet_jax.train import synthetic
     from customnet_jax.train.checkpoint import WorkdirInUse
     from customnet_jax.train.loop import train
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
         make_iterator = functools.partial(synthetic.make_iterator, num_examples=args.synthetic_examples,
                                           form=args.synthetic_data)
     try:
-        return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume)
+        return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume,
+                     hooks=sample_sheet_hooks(config.train))
     except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -13,7 +13,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def torch_dtype(name: str) -> Any:
     """'float32' | 'bfloat16' | 'float16' -> the torch dtype."""
-    import torch
+    import torch  # optional dependency: only the transformers PyTorch models need it
 
     if name not in DTYPES:
         raise ValueError(f"torch dtype {name!r}; expected one of {DTYPES}")

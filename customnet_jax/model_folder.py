@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -133,7 +132,3 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = jnp.float32, remat: boo
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model, folder
-
-
-def tree_size(tree: dict) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import CLIPTokenizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
 VOCAB_SIZE = 49408
@@ -17,6 +20,8 @@ def load_tokenizer(path: str | pathlib.Path | None = None) -> CLIPTokenizer:
 
     `from_pretrained(folder)` is used on purpose: transformers 5 silently ignores `vocab_file=`/`merges_file=`.
     """
+    from transformers import CLIPTokenizer  # heavy (seconds to import): loaded only when a tokenizer is needed
+
     folder = pathlib.Path(path) if path is not None else ASSETS
     missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
     if missing:

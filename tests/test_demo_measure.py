@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from customnet_jax.demo import measure
+from customnet_jax.world import held_out
 
 SIZE = 64
 
@@ -17,7 +18,7 @@ class StandIn:
 
     def __init__(self, mode: str, num_scenes: int, composition: bool = False):
         self.config = types.SimpleNamespace(resolution=SIZE, is_zero123=False, has_background=composition)
-        self.scenes = {s.caption: s for s in (measure.held_out_scene(i, SIZE) for i in range(num_scenes))}
+        self.scenes = {s.caption: s for s in (held_out.held_out_scene(i, SIZE) for i in range(num_scenes))}
         self.captions = list(self.scenes)
         self.mode = mode
 
@@ -29,13 +30,13 @@ class StandIn:
         else:
             assert background is None
         if self.mode == "oracle":
-            pictures = [measure.truth_and_mask(scene, v)[0] for v in views]
+            pictures = [held_out.truth_and_mask(scene, v)[0] for v in views]
         elif self.mode == "ignores caption":  # the right object, on the background of another scene
             other = self.scenes[self.captions[(self.captions.index(prompt) + 1) % len(self.captions)]]
             pictures = [np.where(mask[..., None], truth, other.background)
-                        for truth, mask in (measure.truth_and_mask(scene, v) for v in views)]
+                        for truth, mask in (held_out.truth_and_mask(scene, v) for v in views)]
         elif self.mode == "ignores view":
-            pictures = [measure.truth_and_mask(scene, (0.0, 0.0, 0.0))[0]] * len(views)
+            pictures = [held_out.truth_and_mask(scene, (0.0, 0.0, 0.0))[0]] * len(views)
         else:  # "background only"
             pictures = [scene.background] * len(views)
         return types.SimpleNamespace(images=np.stack(pictures)[:, None])
@@ -90,8 +91,8 @@ def test_background_only_fails_location_and_identity():
 
 
 def test_foreground_pixels_separate_object_from_background():
-    scene = measure.held_out_scene(0, SIZE)
-    truth, mask = measure.truth_and_mask(scene, measure.relative_degrees(scene))
+    scene = held_out.held_out_scene(0, SIZE)
+    truth, mask = held_out.truth_and_mask(scene, held_out.relative_degrees(scene))
     found = measure.foreground_pixels(truth, scene.box_pixels)
     assert (found & mask).sum() / mask.sum() > 0.85 and (found & ~mask).sum() / (~mask).sum() < 0.02
     assert not measure.foreground_pixels(scene.background, scene.box_pixels).any()

@@ -590,3 +590,35 @@ def test_export_takes_the_ema_unless_told_not_to(tmp_path, monkeypatch, export_e
         full_params=lambda use_ema=True: "EMA weights" if use_ema else "raw weights")
     export_model(trainer, tmp_path / "model", 8, lambda message: None)
     assert written["params"] == ("EMA weights" if export_ema else "raw weights") and written["ema"] is export_ema
+
+
+def test_hooks_run_after_their_steps_and_the_sample_sheet_hook_writes_the_current_weights(tmp_path):
+    """train(hooks=...): each hook runs after every step its `every` divides, with that step's StepInfo; the
+    sample-sheet hook (passed in by train.py and the demo recipe: the trainer imports no sampling code) writes a
+    sheet of the weights of that step, reusing its compiled sampler the second time."""
+    import functools
+
+    from PIL import Image
+
+    from customnet_jax.sampling.training_sheets import SampleSheets, sample_sheet_hooks
+    from customnet_jax.train import synthetic
+    from customnet_jax.train.hooks import every
+    from customnet_jax.train.loop import train
+
+    config = get_config(num_steps=4, checkpoint_every=4, export_model=False)
+    seen, lines, sheets = [], [], SampleSheets(every=2, steps=2)
+    result = train(config, tmp_path / "run", log=lines.append,
+                   make_iterator=functools.partial(synthetic.make_iterator, num_examples=8, form="precomputed"),
+                   hooks=[every(1, lambda info: seen.append((info.step, info.main, info.workdir))), sheets,
+                          every(0, lambda info: seen.append("never"))])
+    assert result["step"] == 4 and seen == [(step, True, tmp_path / "run") for step in (1, 2, 3, 4)]
+    samples = tmp_path / "run" / "samples"
+    assert sorted(p.name for p in samples.glob("*_sheet.png")) == ["step_00000002_sheet.png",
+                                                                    "step_00000004_sheet.png"]
+    assert sum("sample sheet" in line for line in lines) == 2
+    first, second = (np.asarray(Image.open(samples / f"step_0000000{s}_sheet.png")) for s in (2, 4))
+    assert first.shape == second.shape and not np.array_equal(first, second)  # two steps of training apart
+    assert sample_sheet_hooks(config.train) == []  # train.sample_every = 0: none
+    hook, = sample_sheet_hooks(dataclasses.replace(config.train, sample_every=5, sample_steps=3, sample_prompt="a"))
+    assert (hook.every, hook.steps, hook.prompt) == (5, 3, "a")
+

@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 import customnet_jax
 from customnet_jax.convert.layouts import (
@@ -43,7 +44,7 @@ from customnet_jax.convert.writers import SafetensorsWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
-from customnet_jax.models.clip import CLIPTextConfig
+from customnet_jax.models.clip import CLIPTextConfig, CLIPTextEncoder
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.params import param_shapes
 from customnet_jax.models.unet import UNetConfig
@@ -83,8 +84,6 @@ def sha256_file(path: pathlib.Path, progress: bool = False) -> str:
 
 
 def _bar(total: int, description: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, disable=not enabled,
                 leave=False, dynamic_ncols=True)
 
@@ -166,8 +165,6 @@ def widen_conv_in(kernel: np.ndarray, in_channels: int) -> np.ndarray:
 
 def text_encoder_params(source: Source, config: CLIPTextConfig, progress: bool) -> dict[Path, np.ndarray]:
     """The text encoder of a transformers CLIP folder as `text_encoder/...` parameters of CustomNet."""
-    from customnet_jax.models.clip import CLIPTextEncoder
-
     rules = prefixed(clip_text_rules(config), TEXT_PREFIX, ("text_encoder",))
     shapes = param_shapes(abstract_model(lambda: CLIPTextEncoder(config, rngs=nnx.Rngs(0))))
     shapes = {("text_encoder", *p): s for p, s in shapes.items()}

@@ -32,6 +32,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 
 
 class CheckpointFormatError(ValueError):
@@ -175,8 +176,6 @@ def open_checkpoint(path: str | pathlib.Path) -> Checkpoint:
 # ---------------------------------------------------------------------------------------------- safetensors
 
 def _open_safetensors(path: pathlib.Path) -> Checkpoint:
-    from safetensors import safe_open
-
     try:
         handle = safe_open(str(path), framework="numpy")
         keys = list(handle.keys())
@@ -201,7 +200,7 @@ def _open_safetensors(path: pathlib.Path) -> Checkpoint:
 
 def _torch():
     try:
-        import torch
+        import torch  # optional dependency: only .pt / .ckpt files that need torch's unpickler
     except ImportError:
         return None
     return torch

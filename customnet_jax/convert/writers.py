@@ -111,7 +111,7 @@ class _Tensor:
         self.storage, self.shape = storage, shape
 
     def __reduce__(self) -> tuple:
-        import torch._utils
+        import torch._utils  # optional dependency: only when a torch .pt file is loaded back
 
         stride, step = [], 1
         for size in reversed(self.shape):
@@ -124,7 +124,7 @@ class _Tensor:
 class _Pickler(pickle.Pickler):
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, _Storage):
-            import torch
+            import torch  # optional dependency: only when a torch .pt file is loaded back
 
             return ("storage", getattr(torch, TORCH_STORAGES[obj.dtype]), obj.key, "cpu", obj.numel)
         return None

@@ -49,10 +49,8 @@ import importlib
 
 _EXPORTS = {
     "build": "builders", "make_iterator": "pipeline", "make_dataset": "pipeline", "open_source": "pipeline",
-    "precompute": "precomputed", "make_encoder": "precomputed", "SkipReport": "records", "World": "synthetic",
-    "ObjectSpec": "renderer", "Camera": "renderer", "Scene": "synthetic", "render": "renderer",
-    "scene": "synthetic",
-}
+    "precompute": "precomputed", "make_encoder": "precomputed", "SkipReport": "records",
+}  # the synthetic world's World, Scene, scene, render...: customnet_jax.world
 __all__ = sorted(_EXPORTS)
 
 

@@ -14,9 +14,12 @@ import pathlib
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
+from customnet_jax.data.builders import build, config_name
 from customnet_jax.data.transforms import DecodePrecomputed, DecodeRaw, DrawDropout
 from customnet_jax.experiment import Config
+from customnet_jax.world.synthetic import named_world
 
 DEFAULT_DATA_DIR = pathlib.Path.home() / ".cache" / "customnet_jax" / "data"
 
@@ -55,8 +58,6 @@ def dataset_path(config: Config, process_count: int = 1) -> pathlib.Path:
             raise FileNotFoundError(f"no built tfds dataset at {root} (data.source={data.source!r}); build one "
                                     "with customnet_jax.data.build(...) or customnet_jax.data.precompute(...)")
         return folder
-    from customnet_jax.data.builders import build, config_name  # only for the synthetic world
-    from customnet_jax.world.synthetic import named_world
 
     world = named_world(data.synthetic_world, image_size=data.image_size or config.model.resolution,
                         seed=data.synthetic_seed)
@@ -95,8 +96,6 @@ def make_dataset(config: Config, *, process_index: int = 0, process_count: int =
 
 def _mark_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; outside an absl app they are unparsed and reading them fails."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 

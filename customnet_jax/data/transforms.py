@@ -12,6 +12,7 @@ import grain
 import numpy as np
 
 from customnet_jax.data import images
+from customnet_jax.text import load_tokenizer, tokenize
 
 RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens")
 PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
@@ -22,8 +23,6 @@ DROP_KEYS = ("drop_image", "drop_object", "drop_text")
 @functools.lru_cache(maxsize=1 << 16)
 def caption_tokens(caption: str) -> np.ndarray:
     """The caption's 77 CLIP token ids (int32), cached per process (captions repeat)."""
-    from customnet_jax.text import tokenize  # transformers: imported only where captions are tokenized
-
     tokens = tokenize(_tokenizer(), [caption])[0]
     tokens.flags.writeable = False
     return tokens
@@ -31,8 +30,6 @@ def caption_tokens(caption: str) -> np.ndarray:
 
 @functools.cache
 def _tokenizer():
-    from customnet_jax.text import load_tokenizer
-
     return load_tokenizer()
 
 

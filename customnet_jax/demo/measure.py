@@ -1,8 +1,8 @@
 """What the demo model controls, measured on held-out synthetic scenes against their ground truth.
 
-Held-out scenes come from another world seed (objects, cameras, boxes and backgrounds never seen in
-training). For each: the condition view of the object, its box, its caption, and the true relative view
-to the target camera. The model makes one picture at the true view and one at a wrong view (the
+Held-out scenes (customnet_jax/world/held_out.py) come from another world seed (objects, cameras, boxes and
+backgrounds never seen in training). For each: the condition view of the object, its box, its caption, and the
+true relative view to the target camera. The model makes one picture at the true view and one at a wrong view (the
 azimuth turned by 180 degrees, same seed), and a multi-view sheet at several azimuths.
 
 The generated object is found against the picture's own background (`foreground_pixels`): the colours
@@ -38,29 +38,23 @@ import dataclasses
 import types
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data import images
+from customnet_jax.data import images, transforms
+from customnet_jax.diffusion.schedule import alphas_cumprod
 from customnet_jax.evaluation import measures
+from customnet_jax.sampling.builtin_model import condition_object
+from customnet_jax.train.step import conditioning, denoising_loss
 from customnet_jax.world import synthetic
+from customnet_jax.world.held_out import held_out_scene, relative_degrees, truth_and_mask
 
-HELD_OUT_WORLD_SEED = 1
-DEMO_WORLD = "demo"  # synthetic.WORLDS: configs/demo.py's world ("demo_close") with uniform target views
 SHEET_AZIMUTHS = (-90.0, -45.0, 0.0, 45.0, 90.0)
 POLAR_TURN = 20.0  # degrees: the wrong polar angle's distance from the requested one
 DISTANCE_CHANGE = 0.5  # world units: the wrong distance's
-
-
-def held_out_scene(index: int, image_size: int) -> synthetic.Scene:
-    """Scene `index` of the held-out world (the demo's world with a seed it never trained on)."""
-    return synthetic.scene(index, synthetic.named_world(DEMO_WORLD, image_size=image_size, seed=HELD_OUT_WORLD_SEED))
-
-
-def relative_degrees(scene: synthetic.Scene) -> tuple[float, float, float]:
-    """The true (polar, azimuth, radius) change from the condition camera to the target camera."""
-    c, t = scene.condition_camera, scene.target_camera
-    return t.polar - c.polar, (t.azimuth - c.azimuth) % 360.0, t.radius - c.radius
 
 
 def wrong_views(scene: synthetic.Scene) -> dict[str, tuple[float, float, float]]:
@@ -75,17 +69,6 @@ def wrong_views(scene: synthetic.Scene) -> dict[str, tuple[float, float, float]]
             "polar": (polar + polar_sign * POLAR_TURN, azimuth, radius),
             "distance": (polar, azimuth, radius + radius_sign * DISTANCE_CHANGE),
             "direction": (polar, -azimuth % 360.0, radius)}
-
-
-def truth_and_mask(scene: synthetic.Scene, degrees: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth at a relative view: the render in the box over the background, and its object pixels."""
-    x0, y0, x1, y1 = scene.box_pixels
-    rgba = scene.render_object(scene.condition_camera.moved(*degrees), x1 - x0)
-    truth = scene.background.copy()
-    truth[y0:y1, x0:x1] = synthetic.over(rgba, truth[y0:y1, x0:x1])
-    mask = np.zeros(truth.shape[:2], bool)
-    mask[y0:y1, x0:x1] = rgba[..., 3] > 127
-    return truth, mask
 
 
 def foreground_pixels(image: np.ndarray, box: tuple[int, int, int, int], step: int = 16, share: float = 0.01,
@@ -156,11 +139,6 @@ def histogram_overlap(picture: np.ndarray, found: np.ndarray, truth: np.ndarray,
 def object_error(picture: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
     """Mean absolute RGB difference (0-1) of a picture from the truth over the pixels of `mask`."""
     return float(np.abs(picture[mask] / 255.0 - truth[mask] / 255.0).mean())
-
-
-def condition_object(scene: synthetic.Scene) -> np.ndarray:
-    """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
-    return images.to_float(scene.object)
 
 
 def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0, guidance: float = 3.0,
@@ -236,14 +214,6 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     is largest at high noise, where only the conditions carry the object. "direction": the azimuth turned the
     other way (-a instead of a; the same |a|, so the same distance from the condition view): does the model know
     which way the object turns, or only how far?"""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from customnet_jax.data import transforms
-    from customnet_jax.diffusion.schedule import alphas_cumprod
-    from customnet_jax.train.step import conditioning, denoising_loss
-
     model, config = nnx.merge(pipeline.graphdef, pipeline.state), pipeline.config
     scenes = [held_out_scene(i, config.resolution) for i in range(num_scenes)]
     decode = transforms.DecodeRaw(config.resolution)

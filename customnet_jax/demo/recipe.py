@@ -21,12 +21,22 @@ import pathlib
 import shutil
 import time
 
+import jax
+from flax import nnx
+
 from customnet_jax.config import load_config, override
+from customnet_jax.data import precompute
+from customnet_jax.demo.autoencoder import AutoencoderTraining, train_autoencoder
 from customnet_jax.experiment import Config, DataConfig
+from customnet_jax.model_folder import load_model, param_tree, save_model_folder
+from customnet_jax.models.build import initialized_model
+from customnet_jax.models.customnet import CustomNet
+from customnet_jax.sampling.builtin_model import DEMO_COMPOSITION_FOLDER as SHIPPED_COMPOSITION
+from customnet_jax.sampling.builtin_model import DEMO_FOLDER as SHIPPED
+from customnet_jax.sampling.training_sheets import sample_sheet_hooks
+from customnet_jax.train.loop import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "customnet_jax" / "assets" / "demo_model"
-SHIPPED_COMPOSITION = ROOT / "customnet_jax" / "assets" / "demo_composition_model"
 
 
 def log(message: str) -> None:
@@ -41,13 +51,6 @@ def raw_config(config: Config, workdir: pathlib.Path) -> Config:
 
 def make_init_folder(config: Config, workdir: pathlib.Path, vae_steps: int, decoder_steps: int) -> pathlib.Path:
     """Stages 2-3: the demo VAE, then a model folder holding it beside randomly initialised networks."""
-    from flax import nnx
-
-    from customnet_jax.demo.autoencoder import AutoencoderTraining, train_autoencoder
-    from customnet_jax.model_folder import param_tree, save_model_folder
-    from customnet_jax.models.build import initialized_model
-    from customnet_jax.models.customnet import CustomNet
-
     folder = pathlib.Path(config.train.init_from)
     if (folder / "config.json").is_file():
         log(f"initial model folder exists: {folder}")
@@ -77,14 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     args = parser.parse_args(argv)
-
-    import jax
-
     jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
-    from customnet_jax.data import precompute
-    from customnet_jax.model_folder import load_model
-    from customnet_jax.train.loop import train
-
     workdir = pathlib.Path(args.workdir).absolute()
     config = override(load_config(args.config), args.overrides)
     config = dataclasses.replace(
@@ -110,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     config = dataclasses.replace(config, data=data)
 
     log("training (resumes from workdir/run/checkpoints if present)")
-    train(config, workdir / "run", log=log)
+    train(config, workdir / "run", log=log, hooks=sample_sheet_hooks(config.train))
     finished("training (stage 5)")
     exported = workdir / "run" / "model"
 
@@ -121,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         stage = dataclasses.replace(stage, model=model, data=config.data,
                                     train=dataclasses.replace(stage.train, init_from=str(init)))
         log(f"fine-tuning: {what} (resumes from workdir/{name}/checkpoints)")
-        train(stage, workdir / name, log=log)
+        train(stage, workdir / name, log=log, hooks=sample_sheet_hooks(stage.train))
         return workdir / name / "model"
 
     ship = [(exported, SHIPPED)]

@@ -1,5 +1,6 @@
 """`eval.py`: the paper's metrics over generated pictures (`metrics`), the whole protocol run (`protocol`), and
-the demo model's control measured against the synthetic world's ground truth (`demo`).
+the demo model's control measured against the synthetic world's ground truth (`demo`, added by eval.py from
+customnet_jax/demo/eval_command.py: the demo sits above this package).
 
     python eval.py metrics --samples outputs/ --dino models/dino-vits16 --clip models/clip-vit-large-patch14
     python eval.py protocol --checkpoint models/customnet --objects objects/ --out runs/eval \\
@@ -10,12 +11,31 @@ the demo model's control measured against the synthetic world's ground truth (`d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax.numpy as jnp
+
 from customnet_jax.diffusion.ddim import SCHEDULES
+from customnet_jax.evaluation import protocol as P
+from customnet_jax.evaluation.embedders import ClipEmbedder, DinoEmbedder, require_torch
+from customnet_jax.evaluation.report import format_table, write_report
+from customnet_jax.sampling.builtin_model import DEMO_FOLDER, demo_pipeline
+from customnet_jax.sampling.cli import _join_negative_values, enable_compilation_cache, parse_values, views_from
+from customnet_jax.sampling.pipeline import Pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand added by a caller above this package (eval.py adds the demo's: customnet_jax/demo/)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +51,7 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--references", help="reference object pictures <object id>.png (default: from the settings)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval.py", description="CustomNet evaluation: DINO-I, CLIP-I, CLIP-T "
                                 "(the paper's table, SPEC §11) and ground-truth measures.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,63 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)
 
-    d = sub.add_parser("demo", help="location, viewpoint and identity of a model trained on the synthetic world, "
-                                    "on held-out scenes against their ground-truth renders")
-    d.add_argument("--checkpoint", help="model folder (default: the built-in demo model)")
-    d.add_argument("--scenes", type=int, default=16, help="held-out scenes")
-    d.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    d.add_argument("--guidance", type=float, default=3.0)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--json", help="also write the scores here")
-    d.add_argument("--figure", help="also write a PNG: object, truth, picture at the requested view, picture at "
-                                    "the wrong view, truth there (one row per scene, the first 4 scenes)")
+    for command in commands:
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return p
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import dataclasses
-    import json
-
-    from customnet_jax.demo.measure import comparison_figure, evaluate, view_use
-    from customnet_jax.sampling.cli import DEMO_FOLDER, enable_compilation_cache
-
-    enable_compilation_cache()
-    from customnet_jax.sampling.pipeline import Pipeline
-
-    folder = pathlib.Path(args.checkpoint) if args.checkpoint else DEMO_FOLDER
-    figure_rows = [] if args.figure else None
-    pipeline = Pipeline.from_folder(folder)
-    scores = evaluate(pipeline, args.scenes, args.steps, args.seed, args.guidance, figure_rows=figure_rows)
-    use = view_use(pipeline, max(args.scenes, 32), seed=args.seed)
-    print(f"model: {folder}\n{scores.table()}\nview use (training loss on the object's box with one part of T wrong, "
-          "vs right; 0: ignored): " + ", ".join(f"{part} {value:+.1%}" for part, value in use.items()))
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"model": str(folder), **dataclasses.asdict(scores),
-                                                       "view_use": use}, indent=1))
-    if args.figure:
-        from PIL import Image
-
-        Image.fromarray(comparison_figure(figure_rows[:4])).save(args.figure)
-        print(f"written: {args.figure}")
-    return 0
-
-
 def _embedders(args: argparse.Namespace) -> tuple[Any, Any]:
-    from customnet_jax.evaluation.embedders import ClipEmbedder, DinoEmbedder
-
     dino = DinoEmbedder(args.dino, device=args.device, batch_size=args.batch_size) if args.dino else None
     clip = ClipEmbedder(args.clip, device=args.device, batch_size=args.batch_size) if args.clip else None
     return dino, clip
 
 
 def _score_and_report(folder: pathlib.Path, prefix: pathlib.Path, args: argparse.Namespace, info: dict) -> int:
-    from customnet_jax.evaluation.protocol import evaluate_run
-    from customnet_jax.evaluation.report import format_table, write_report
-
     if not (args.dino or args.clip):
         print("eval.py: no --dino / --clip model folder: DINO-I, CLIP-I and CLIP-T are skipped", file=sys.stderr)
     dino, clip = _embedders(args)
-    rows = evaluate_run(folder, dino, clip, crop_to_box=args.crop_to_box, references=args.references,
+    rows = P.evaluate_run(folder, dino, clip, crop_to_box=args.crop_to_box, references=args.references,
                         measures=args.measures)
     if not rows:
         print(f"eval.py: error: no generated pictures (settings JSON + PNGs) under {folder}", file=sys.stderr)
@@ -142,18 +121,9 @@ def _score_and_report(folder: pathlib.Path, prefix: pathlib.Path, args: argparse
 
 
 def _protocol(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-
-    from customnet_jax.evaluation import protocol as P
-    from customnet_jax.sampling.cli import DEMO_FOLDER, enable_compilation_cache, parse_values, views_from
-
     if args.metrics and (args.dino or args.clip):
-        from customnet_jax.evaluation.embedders import require_torch
-
         require_torch()  # fail before hours of sampling, not after
     enable_compilation_cache()
-    from customnet_jax.sampling.builtin_model import demo_pipeline
-    from customnet_jax.sampling.pipeline import Pipeline
 
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     if args.checkpoint:
@@ -188,10 +158,9 @@ def _protocol(args: argparse.Namespace) -> int:
     return _score_and_report(out, out / "metrics", args, {"protocol": str(out / "protocol.json"), "model": label})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from customnet_jax.sampling.cli import _join_negative_values
-
-    args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = ()) -> int:
+    """eval.py; `commands`: subcommands added by the caller (eval.py: `demo`)."""
+    args = build_parser(commands).parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         if args.command == "metrics":
             folder = pathlib.Path(args.samples)
@@ -199,8 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"eval.py: error: {folder} is not a folder", file=sys.stderr)
                 return 2
             return _score_and_report(folder, pathlib.Path(args.out) if args.out else folder / "metrics", args, {})
-        if args.command == "demo":
-            return _demo(args)
+        for command in commands:
+            if args.command == command.name:
+                return command.run(args)
         return _protocol(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"eval.py: error: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from customnet_jax.local_models import local_folder
+from customnet_jax.text import load_tokenizer
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -39,7 +40,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 def require_torch() -> Any:
     """Import torch, or fail with the install command."""
     try:
-        import torch
+        import torch  # optional dependency (the eval extra): only the embedding metrics need it
     except ImportError as error:
         raise ImportError("the DINO-I / CLIP-I / CLIP-T metrics run transformers' PyTorch models and need torch: "
                           "pip install torch==2.13.0 (or pip install -e '.[eval]')") from error
@@ -49,7 +50,7 @@ def require_torch() -> Any:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports, progress bars and backend notices while loading (errors still raise)."""
-    from transformers.utils import logging
+    from transformers.utils import logging  # transformers (seconds to import): only when a model loads
 
     level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
@@ -133,7 +134,7 @@ class _TorchEmbedder:
 def _load_processor(folder: pathlib.Path) -> Any:
     if not (folder / "preprocessor_config.json").is_file():
         return None
-    from transformers import AutoImageProcessor
+    from transformers import AutoImageProcessor  # heavy: only when a metric model loads
 
     with _quiet_transformers():
         return AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
@@ -144,7 +145,7 @@ class DinoEmbedder(_TorchEmbedder):
 
     def __init__(self, folder: str | pathlib.Path, *, device: str | None = None, batch_size: int = 32):
         require_torch()
-        from transformers import AutoModel
+        from transformers import AutoModel  # transformers' PyTorch models: only for the DINO metric
 
         self.folder = local_folder(folder, "DINO")
         self.device, self.batch_size = _default_device(device), batch_size
@@ -170,7 +171,7 @@ class ClipEmbedder(_TorchEmbedder):
 
     def __init__(self, folder: str | pathlib.Path, *, device: str | None = None, batch_size: int = 32):
         require_torch()
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel  # transformers' PyTorch models: only for CLIP metrics
 
         self.folder = local_folder(folder, "CLIP")
         self.device, self.batch_size = _default_device(device), batch_size
@@ -180,8 +181,6 @@ class ClipEmbedder(_TorchEmbedder):
                 self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
                 self.tokenizer_source = str(self.folder)
             else:
-                from customnet_jax.text import load_tokenizer
-
                 self.tokenizer, self.tokenizer_source = load_tokenizer(), "shipped OpenAI CLIP BPE"
         self.processor = _load_processor(self.folder)
         self.image_size = int(self.model.config.vision_config.image_size)

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from customnet_jax import conditioning
 from customnet_jax.evaluation import measures
 from customnet_jax.evaluation.metrics import load_uint8, resolve
+from customnet_jax.world import synthetic
 
 
 def known_background(settings: dict, base: pathlib.Path) -> np.ndarray | None:
@@ -30,7 +32,6 @@ def known_background(settings: dict, base: pathlib.Path) -> np.ndarray | None:
     path = resolve(settings.get("background_file"), base)
     if path is None:
         return None
-    from customnet_jax import conditioning
 
     size = int(settings["resolution"])
     image = conditioning.resize(conditioning.load_rgb(path), size, "bilinear")
@@ -39,8 +40,6 @@ def known_background(settings: dict, base: pathlib.Path) -> np.ndarray | None:
 
 def synthetic_scene(info: dict) -> Any:
     """The world.synthetic Scene that a protocol's synthetic object came from."""
-    from customnet_jax.world import synthetic
-
     world = {k: tuple(v) if isinstance(v, list) else v for k, v in info["world"].items()}
     return synthetic.scene(int(info["scene"]), synthetic.World(**world))
 
@@ -48,15 +47,13 @@ def synthetic_scene(info: dict) -> Any:
 def synthetic_truth(scene: Any, view: Any, bbox: Any, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth for one requested (polar, azimuth, radius) view: the render at the moved camera, resized
     into the box over `background` -> (uint8 picture, bool object mask)."""
-    from customnet_jax.world.synthetic import over
-
     x0, y0, x1, y1 = (int(v) for v in bbox)
     camera = scene.condition_camera.moved(float(view[0]), float(view[1]), float(view[2]))
     rgba = scene.render_object(camera, max(x1 - x0, y1 - y0))
     if rgba.shape[:2] != (y1 - y0, x1 - x0):
         rgba = np.asarray(Image.fromarray(rgba).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR))
     picture = background.copy()
-    picture[y0:y1, x0:x1] = over(rgba, picture[y0:y1, x0:x1])
+    picture[y0:y1, x0:x1] = synthetic.over(rgba, picture[y0:y1, x0:x1])
     mask = np.zeros(picture.shape[:2], bool)
     mask[y0:y1, x0:x1] = rgba[..., 3] > 127
     return picture, mask

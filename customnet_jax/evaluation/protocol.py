@@ -32,7 +32,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from customnet_jax.evaluation.metrics import IMAGE_SUFFIXES
+from customnet_jax import conditioning
+from customnet_jax.evaluation.groundtruth import add_measures, world_info
+from customnet_jax.evaluation.metrics import IMAGE_SUFFIXES, collect_samples, score
+from customnet_jax.sampling.outputs import write_results
+from customnet_jax.world import synthetic
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "on the beach", "in the snow", "on the grass", "in the jungle", "on a wooden table", "in the desert",
@@ -144,9 +148,6 @@ def synthetic_objects(out: str | pathlib.Path, count: int, resolution: int, worl
     resolution: the condition-view render on white is the object picture and the reference (written to
     <out>/objects/), the scene's box is the requested box, its background the composition background. Ground
     truth exists for every view, so the viewpoint measures apply."""
-    from customnet_jax.evaluation.groundtruth import world_info
-    from customnet_jax.world import synthetic
-
     world = synthetic.World(image_size=resolution, seed=world_seed)
     folder = pathlib.Path(out) / "objects"
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,9 +210,6 @@ def _relative(path: str | None, start: pathlib.Path) -> str | None:
 
 def run_cell(pipeline: Any, protocol: Protocol, cell: Cell, out: pathlib.Path) -> pathlib.Path:
     """Sample one cell (every view) and write it with write_results; returns its folder."""
-    from customnet_jax import conditioning
-    from customnet_jax.sampling.outputs import write_results
-
     folder = cell.folder(out)
     obj = cell.object
     background_file = (obj.background or protocol.background) if pipeline.config.has_background else None
@@ -262,9 +260,6 @@ def run_protocol(pipeline: Any, protocol: Protocol, out: str | pathlib.Path, *,
 def evaluate_run(out: str | pathlib.Path, dino: Any = None, clip: Any = None, *, crop_to_box: bool = True,
                  references: str | pathlib.Path | None = None, measures: bool = True) -> list[dict]:
     """Per-picture rows of a (sample.py or protocol) folder: the paper's metrics and the ground-truth measures."""
-    from customnet_jax.evaluation.groundtruth import add_measures
-    from customnet_jax.evaluation.metrics import collect_samples, score
-
     samples = collect_samples(out, references)
     rows = score(samples, dino, clip, crop_to_box=crop_to_box)
     return add_measures(rows, out) if measures else rows

@@ -8,6 +8,9 @@ flax 0.12.8 + jax 0.10.2: every RNG draw during traced construction compares the
 which on a tracer raises an AttributeError whose message walks the whole jaxpr built so far
 (`_origin_msg`), making construction quadratic (15 s for the full UNet). The message is discarded by
 `getattr(..., None)`, so we skip building it while constructing: 0.5 s.
+No public API exists for this: JAX builds the message before it could know that nobody reads it, and has no
+switch to turn it off, so the private method is patched; tests/test_build.py pins what this relies on (the
+method exists and flax's construction reaches it) so that a JAX or flax upgrade that changes it fails there.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import TypeVar
 
 from flax import nnx
 from jax._src.interpreters import partial_eval
+
+from customnet_jax.models.init import initial_params
+from customnet_jax.models.params import param_shapes, set_params
 
 M = TypeVar("M")
 
@@ -40,8 +46,6 @@ def abstract_model(build: Callable[[], M]) -> M:
 
 def model_with_params(build: Callable[[], M], params: dict) -> M:
     """The model of `build` holding `params` (path -> array, every parameter)."""
-    from customnet_jax.models.params import set_params  # weights depends on models, not the reverse
-
     model = abstract_model(build)
     set_params(model, params)
     return model
@@ -49,8 +53,5 @@ def model_with_params(build: Callable[[], M], params: dict) -> M:
 
 def initialized_model(build: Callable[[], M], seed: int = 0) -> M:
     """The model of `build` with fresh random parameters drawn on the host (customnet_jax.models.init)."""
-    from customnet_jax.models.init import initial_params
-    from customnet_jax.models.params import param_shapes
-
     shapes = param_shapes(abstract_model(build))
     return model_with_params(build, initial_params(shapes, seed))

@@ -29,7 +29,7 @@ class Blip2Captioner:
 
     def __init__(self, path: str | pathlib.Path, device: str = "cpu", dtype: str = "float32",
                  max_new_tokens: int = 30, min_new_tokens: int = 0, num_beams: int = 1):
-        from transformers import Blip2ForConditionalGeneration, Blip2Processor
+        from transformers import Blip2ForConditionalGeneration, Blip2Processor  # heavy model code: BLIP-2 stage only
 
         self.model, self.processor = load_pretrained(Blip2ForConditionalGeneration, Blip2Processor, path, "BLIP-2",
                                                      device, dtype)
@@ -39,7 +39,7 @@ class Blip2Captioner:
 
     def generate(self, picture: np.ndarray, prompt: str | None = None) -> str:
         """Text for a uint8 RGB picture: a caption with no prompt, the answer to a "Question: ... Answer:" prompt."""
-        import torch
+        import torch  # optional dependency: the BLIP-2 stage only
 
         batch = self.processor(images=Image.fromarray(picture), text=prompt or None, return_tensors="pt")
         with torch.no_grad():

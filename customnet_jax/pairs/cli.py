@@ -18,9 +18,11 @@ import sys
 from collections.abc import Sequence
 
 from customnet_jax.local_models import DTYPES, local_folder
+from customnet_jax.model_folder import read_folder
 from customnet_jax.pairs.build import BuildOptions, Stages, build_pairs
 from customnet_jax.pairs.caption import SUBJECT_QUESTION, Blip2Captioner, Captions, Subjects
 from customnet_jax.pairs.filters import Filters
+from customnet_jax.pairs.novel_views import ViewSynthesizer
 from customnet_jax.pairs.prompts import PromptSource, ZeroShotDetector
 from customnet_jax.pairs.segment import MaskFolder, SamSegmenter
 from customnet_jax.pairs.sources import Annotations, folder_items, tfds_items
@@ -119,8 +121,6 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 def _check_folders(args: argparse.Namespace) -> None:
     """Every model folder named exists and looks right (configs only; the weights load at the first photo)."""
-    from customnet_jax.model_folder import read_folder
-
     for path, what in ((args.sam, "SAM"), (args.blip2, "BLIP-2"), (args.detector, "detector")):
         if path:
             local_folder(path, what)
@@ -136,8 +136,6 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 def make_stages(args: argparse.Namespace) -> Stages:
     """Load every model the arguments name (errors here are fatal: nothing would work without them)."""
-    from customnet_jax.pairs.novel_views import ViewSynthesizer
-
     device, dtype = args.torch_device, args.torch_dtype
     segmenter = SamSegmenter(args.sam, device, dtype) if args.sam else MaskFolder(args.masks)
     subjects_known = Annotations(args.subjects) if args.subjects else None

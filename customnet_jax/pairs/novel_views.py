@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from customnet_jax import conditioning
+from customnet_jax.sampling.pipeline import Pipeline
 
 OBJECT_FRACTION = 200 / 256
 _PIPELINES: dict[tuple[str, int], Any] = {}  # model folder (path, config mtime) -> its Pipeline, once per process
@@ -24,8 +25,6 @@ _PIPELINES: dict[tuple[str, int], Any] = {}  # model folder (path, config mtime)
 def load_pipeline(path: str | pathlib.Path) -> Any:
     """The Pipeline of a zero123 model folder, loaded once per process: builds run again in the same process (a
     notebook, the tests) reuse its weights and its compiled sampler instead of loading and tracing again."""
-    from customnet_jax.sampling.pipeline import Pipeline
-
     path = pathlib.Path(path).absolute()
     config = path / "config.json"
     key = (str(path.resolve()), config.stat().st_mtime_ns if config.is_file() else 0)

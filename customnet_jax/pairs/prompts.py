@@ -68,7 +68,7 @@ class ZeroShotDetector:
 
     def __init__(self, path: str | pathlib.Path, threshold: float = 0.1, device: str = "cpu",
                  dtype: str = "float32"):
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor  # heavy: detector stage only
 
         self.model, self.processor = load_pretrained(AutoModelForZeroShotObjectDetection, AutoProcessor, path,
                                                      "detector", device, dtype)
@@ -78,7 +78,7 @@ class ZeroShotDetector:
         self._padded_square = self.model.config.model_type == "owlv2"
 
     def __call__(self, photo: np.ndarray, queries: Sequence[str]) -> Detection | None:
-        import torch
+        import torch  # optional dependency: the detector stage only
 
         queries = [q for q in queries if q.strip()]
         if not queries:

@@ -45,13 +45,13 @@ class SamSegmenter:
     needs_prompt = True
 
     def __init__(self, path: str | pathlib.Path, device: str = "cpu", dtype: str = "float32"):
-        from transformers import SamModel, SamProcessor
+        from transformers import SamModel, SamProcessor  # heavy model code: the SAM stage only
 
         self.model, self.processor = load_pretrained(SamModel, SamProcessor, path, "SAM", device, dtype)
         self.path = str(path)
 
     def __call__(self, item: ImageItem, photo: np.ndarray, prompt: Prompt) -> Segment:
-        import torch
+        import torch  # optional dependency: the SAM stage only
 
         if prompt.box is None and not prompt.points:
             raise SkipImage("segment", f"SAM needs a box or a point; the prompt is {prompt.kind!r}")

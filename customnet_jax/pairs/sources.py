@@ -82,7 +82,7 @@ def tfds_items(dataset: str, split: str = "train", data_dir: str | None = None, 
     nothing is downloaded. Ids are the example index (8 digits), or the string feature `id_key` (read only for
     this process's examples; it must be unique).
     """
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy (seconds to import): only for tfds sources
 
     _check_shard(process_index, process_count)
     path = pathlib.Path(dataset)

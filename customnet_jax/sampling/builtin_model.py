@@ -1,4 +1,9 @@
-"""The built-in default of `sample.py`: the shipped demo model and object, needing no download."""
+"""The built-in default of `sample.py`: the shipped demo models and the built-in example, needing no download.
+
+The demo model (and its composition variant, with background channels) is a small CustomNet trained on the
+synthetic world by `make demo-model` (customnet_jax/demo/recipe.py) and shipped in customnet_jax/assets/. The
+built-in example is a held-out scene of that world (customnet_jax/world/held_out.py).
+"""
 
 from __future__ import annotations
 
@@ -6,40 +11,28 @@ import pathlib
 from typing import Any
 
 import numpy as np
-from flax import nnx
 
+from customnet_jax.data.images import to_float
 from customnet_jax.sampling.pipeline import Pipeline
+from customnet_jax.world import held_out, synthetic
 
-RANDOM_LABEL = "RANDOM WEIGHTS: a small untrained model (no demo model folder is shipped yet)"
-
-
-def demo_pipeline(folder: pathlib.Path, dtype: Any, in_channels: int = 8,
-                  attention: str | None = None) -> tuple[Pipeline, str]:
-    """The shipped demo model if present, else a clearly labelled small random model (UNet `in_channels`)."""
-    if (folder / "config.json").is_file():
-        return Pipeline.from_folder(folder, dtype=dtype, attention=attention), f"built-in demo model ({folder})"
-    from configs.tiny import tiny_model
-    from customnet_jax.models.build import initialized_model
-    from customnet_jax.models.customnet import CustomNet
-
-    model = initialized_model(lambda: CustomNet(tiny_model(in_channels), rngs=nnx.Rngs(0), dtype=dtype,
-                                                 attention=attention), seed=0)
-    return Pipeline(model), RANDOM_LABEL
+DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
 
 
-DEFAULT_SCENE = 0  # scene of the held-out synthetic world (customnet_jax/demo/measure.py) shown by default
+def demo_pipeline(folder: pathlib.Path, dtype: Any, attention: str | None = None) -> tuple[Pipeline, str]:
+    """The shipped demo model of `folder` (DEMO_FOLDER or DEMO_COMPOSITION_FOLDER) and its label."""
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"the built-in demo model is missing from {folder}: reinstall the package, or make it "
+                                "again with `make demo-model`")
+    return Pipeline.from_folder(folder, dtype=dtype, attention=attention), f"built-in demo model ({folder})"
 
 
-def default_scene(resolution: int):
-    """The built-in example: a held-out scene of the synthetic world the demo model was trained on (its
-    object, box and caption), so the default shows the model on the kind of picture it knows."""
-    from customnet_jax.demo.measure import held_out_scene
-
-    return held_out_scene(DEFAULT_SCENE, resolution)
+def condition_object(scene: synthetic.Scene) -> np.ndarray:
+    """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
+    return to_float(scene.object)
 
 
 def default_object(resolution: int) -> np.ndarray:
     """The built-in example's object: its condition view on white, prepared (float (R, R, 3) in [-1, 1])."""
-    from customnet_jax.demo.measure import condition_object
-
-    return condition_object(default_scene(resolution))
+    return condition_object(held_out.default_scene(resolution))

@@ -13,13 +13,18 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
+from customnet_jax.data.images import to_float
 from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
+from customnet_jax.sampling.builtin_model import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER, condition_object, demo_pipeline
 from customnet_jax.sampling.outputs import write_results
+from customnet_jax.sampling.pipeline import Pipeline
+from customnet_jax.world.held_out import default_scene
 
-DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
-DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
+__all__ = ["DEMO_COMPOSITION_FOLDER", "DEMO_FOLDER", "build_parser", "enable_compilation_cache", "main",
+           "parse_values", "views_from"]
 VALUE_FLAGS = ("--polar", "--azimuth", "--radius", "--bbox")
 
 
@@ -99,8 +104,6 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 def enable_compilation_cache() -> None:
     """Reuse compiled programs across runs (JAX's persistent cache), unless the user configured one."""
-    import jax
-
     if not jax.config.jax_compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(pathlib.Path.home() / ".cache" / "customnet_jax" / "jax"))
 
@@ -108,32 +111,25 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
-    from customnet_jax.demo.measure import condition_object
-    from customnet_jax.sampling.builtin_model import default_scene, demo_pipeline
-    from customnet_jax.sampling.pipeline import Pipeline
-
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     attention = args.attention
     if attention == "auto":
         attention = "per_head" if jax.default_backend() == "cpu" else None
-    if args.checkpoint:
-        try:
+    try:
+        if args.checkpoint:
             pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention)
-        except ValueError as error:
-            print(f"sample.py: error: {error}", file=sys.stderr)
-            return 2
-        label = args.checkpoint
-    else:
-        composition = args.demo == "composition"
-        pipeline, label = demo_pipeline(DEMO_COMPOSITION_FOLDER if composition else DEMO_FOLDER, dtype,
-                                        in_channels=12 if composition else 8, attention=attention)
+            label = args.checkpoint
+        else:
+            folder = DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER
+            pipeline, label = demo_pipeline(folder, dtype, attention)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
     mask = None
     if args.mask:
-        from PIL import Image
-
         mask = np.asarray(Image.open(args.mask).convert("L"))
     views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                        parse_values(args.radius, "radius"))
@@ -149,8 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
     background = args.background
     if background is None and built_in and pipeline.config.has_background:
-        from customnet_jax.data.images import to_float
-
         background = to_float(example.background)  # the built-in example's own background
     try:
         result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from customnet_jax import conditioning
 from customnet_jax.diffusion import ddim
@@ -172,8 +173,6 @@ class Pipeline:
         the program uncacheable across processes (JAX's persistent cache), so it is compiled in only when
         progress is shown."""
         if enabled:
-            from tqdm import tqdm
-
             self._progress = tqdm(total=total, desc="DDIM", unit="step", leave=False)
         try:
             yield

@@ -6,5 +6,6 @@
     step.py        the loss (SPEC §7) and the jitted, sharded train step
     checkpoint.py  orbax CheckpointManager (async, keep K, grain iterator state, config), SIGTERM
     loop.py        the training loop: data, logging (text + JSON lines), MFU, checkpoints, export
+    hooks.py       periodic work passed in by the caller (sample sheets, evaluations): Hook, StepInfo, every()
     synthetic.py   an in-memory random data source in the pipeline's batch format (tests, smoke runs)
 """

@@ -24,6 +24,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from customnet_jax.config import to_dict
 
@@ -110,7 +111,6 @@ class PreemptionFlag:
         """True on every host when any host got the signal (one small all-gather per call when multi-host)."""
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array([self.requested]))))
 

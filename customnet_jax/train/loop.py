@@ -1,6 +1,7 @@
 """The training loop: check the config, build the sharded state, compile the step once, then
-    for each step: next batch -> global arrays -> step -> (log) -> (checkpoint) -> (preempted? save and stop)
-and at the end export the weights as a model folder (<workdir>/model) for sample.py.
+    for each step: next batch -> global arrays -> step -> (log) -> (checkpoint) -> (hooks) -> (preempted? stop)
+and at the end export the weights as a model folder (<workdir>/model) for sample.py. Periodic work beyond
+logging and checkpoints (sample sheets, evaluations) is passed in by the caller as hooks (hooks.py).
 
 Logs: a progress line (step, loss, lr, grad norm, samples/s, MFU from the compiled step's FLOP count) on
 host 0, the same figures as JSON lines in <workdir>/metrics.jsonl, and TensorBoard scalars in <workdir>/tb
@@ -15,17 +16,22 @@ import json
 import math
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
 
+from customnet_jax import model_folder
 from customnet_jax.config import to_dict
+from customnet_jax.models.build import model_with_params
+from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
+from customnet_jax.train.hooks import Hook, StepInfo, due
 from customnet_jax.train.optimizer import lr_schedule, make_optimizer
 from customnet_jax.train.step import abstract_batch, jit_step, make_step_fn
 
@@ -59,7 +65,7 @@ def step_flops(compiled: Any, accum_steps: int) -> float | None:
 
 def default_make_iterator() -> Callable:
     try:
-        from customnet_jax.data import make_iterator
+        from customnet_jax.data import make_iterator  # tensorflow_datasets: heavy, only for the data pipeline
     except ImportError as error:
         raise RuntimeError("the data pipeline customnet_jax.data.make_iterator is not available "
                            f"({error}); for a smoke run use train.py --synthetic-data raw|precomputed") from error
@@ -75,7 +81,7 @@ class MetricsWriter:
         self.tb = None
         if enabled:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # optional dependency: TensorBoard scalars when installed
 
                 self.tb = SummaryWriter(str(workdir / "tb"))
             except ImportError:
@@ -111,7 +117,6 @@ class Trainer:
     state_shardings: Any
     frozen_shardings: Any
     init_report: st.InitReport
-    sampler: Any = None  # the sampling pipeline of the sample sheets, built on first use
 
     def step_fn(self) -> Callable:
         return make_step_fn(self.config, self.graphdef, self.tx, self.mesh)
@@ -127,16 +132,21 @@ class Trainer:
         trained = self.state["ema"] if (use_ema and "ema" in self.state) else self.state["params"]
         tree = st.join_params(trained, self.frozen["params"])
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.process_allgather(tree, tiled=True)
         return jax.tree.map(np.asarray, jax.device_get(tree))
+
+    def current_model(self) -> nnx.Module | None:
+        """The model holding the current weights (EMA if kept) on process 0, None on the others (every process
+        must call it: the weights are gathered from all of them)."""
+        params = self.full_params()
+        if jax.process_index() != 0:
+            return None
+        builder = st.model_builder(self.config.model, self.config.train.compute_dtype)
+        return model_with_params(builder, traverse_util.flatten_dict(params))
 
 
 def null_text_embedding(config: Any, graphdef: nnx.GraphDef, trainable: dict, frozen: dict) -> np.ndarray:
     """The CLIP text embedding of "" (1, 77, D), computed once: the dropped caption (SPEC §7)."""
-    from customnet_jax.text import load_tokenizer, tokenize
-
     tokens = tokenize(load_tokenizer(), [""], length=config.model.text_encoder.max_length)
     encode = jax.jit(lambda p, f, t: nnx.merge(graphdef, p, f).encode_text(t))
     return np.asarray(encode(trainable, frozen, tokens))
@@ -183,153 +193,159 @@ def _format_progress(record: dict, num_steps: int) -> str:
 
 def export_model(trainer: Trainer, path: pathlib.Path, step: int, log: Callable[[str], None]) -> None:
     """Write the trained weights (EMA if kept) + frozen encoders as a model folder (host 0 writes)."""
-    from customnet_jax.model_folder import save_model_folder
-
     use_ema = trainer.config.train.export_ema and "ema" in trainer.state
     params = trainer.full_params(use_ema)
     if jax.process_index() == 0:
         provenance = {"format": "customnet-jax train.py", "step": step, "ema": use_ema,
                       "init": trainer.init_report.summary(), "train": to_dict(trainer.config.train)}
-        save_model_folder(path, params, trainer.config.model, trainer.config.diffusion, provenance=provenance,
-                          overwrite=True)
+        model_folder.save_model_folder(path, params, trainer.config.model, trainer.config.diffusion,
+                                       provenance=provenance, overwrite=True)
         log(f"exported the weights{' (EMA)' if use_ema else ''} to {path}")
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("customnet_export")  # every host returns once the folder exists
 
 
 def train(config: Any, workdir: str | pathlib.Path, *, make_iterator: Callable | None = None, resume: bool = True,
-          log: Callable[[str], None] | None = None) -> dict:
-    """Train `config` in `workdir` (resuming from its latest complete checkpoint unless `resume=False`).
+          log: Callable[[str], None] | None = None, hooks: Sequence[Hook] = ()) -> dict:
+    """Train `config` in `workdir` (resuming from its latest complete checkpoint unless `resume=False`), calling
+    each of `hooks` (hooks.py: sample sheets, evaluations...) after every step that its `every` divides.
 
     Returns {"step", "stopped": "done" | "preempted", "losses": [...]} (losses of the steps run here).
     """
     workdir = pathlib.Path(workdir).absolute()
     main = jax.process_index() == 0
-    with WorkdirLock(workdir) if main else contextlib.nullcontext():
-        return _train(config, workdir, main, make_iterator, resume, log)
-
-
-def _train(config: Any, workdir: pathlib.Path, main: bool, make_iterator: Callable | None, resume: bool,
-           log: Callable[[str], None] | None) -> dict:
     log = log or (lambda message: print(message, flush=True))
     say = log if main else (lambda message: None)
-    train_cfg = config.train
-    trainer = setup(config, log=say)
-    if main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
-    say(f"mesh {dict(trainer.mesh.shape)} over {trainer.mesh.size} {jax.devices()[0].device_kind} device(s), "
-        f"{jax.process_count()} host(s); batch {train_cfg.batch_size} in {train_cfg.grad_accum_steps} "
-        f"micro-batch(es); compute {train_cfg.compute_dtype}{', remat' if train_cfg.remat else ''}")
-
-    per_host = train_cfg.batch_size // jax.process_count()
-    iterator = (make_iterator or default_make_iterator())(
-        config, process_index=jax.process_index(), process_count=jax.process_count(), batch_size_per_host=per_host)
-    checkpoints = Checkpointer(workdir / "checkpoints", every=train_cfg.checkpoint_every,
-                               keep=train_cfg.keep_checkpoints, use_async=train_cfg.async_checkpoints)
-    step, existing = 0, checkpoints.latest_step()
-    if existing is not None and not resume:
-        checkpoints.close()
-        raise FileExistsError(f"--no-resume, but {checkpoints.directory} holds checkpoints (latest step {existing}); "
-                              "use a new --workdir or remove them to start over")
-    latest = existing
-    if latest is not None:
-        trainer.state, saved_config = checkpoints.restore(latest, abstract_like(trainer.state), iterator)
-        step = latest
-        differences = config_differences(saved_config, to_dict(config))
-        say(f"resumed from the checkpoint of step {latest}"
-            + (f"; config changed since: {'; '.join(differences)}" if differences else ""))
-
-    metrics_out = MetricsWriter(workdir, main)
-    schedule = lr_schedule(train_cfg)
-    preemption = PreemptionFlag()
-    losses: list[float] = []
-    stopped, saved_step = "done", latest
-    try:
-        if step >= train_cfg.num_steps:
-            say(f"already trained: step {step} >= train.num_steps {train_cfg.num_steps}")
-        else:
-            batch = next(iterator)
-            started = time.time()
-            compiled = trainer.compile(batch)
-            flops = step_flops(compiled, train_cfg.grad_accum_steps)
-            peak = peak_flops(jax.devices()[0].device_kind)
-            say(f"compiled the train step in {time.time() - started:.1f} s"
-                + (f"; {flops / 1e9:.3g} GFLOP per device per step" if flops else ""))
-            pending, window_start, window_steps = [], time.time(), 0
-            while step < train_cfg.num_steps:
-                if batch is None:
-                    batch = next(iterator)
-                trainer.state, metrics = compiled(trainer.state, trainer.frozen, shd.global_batch(batch, trainer.mesh))
-                batch = None
-                step += 1
-                window_steps += 1
-                pending.append(metrics)
-                if step % train_cfg.log_every == 0 or step == train_cfg.num_steps:
-                    values = jax.device_get(pending)
-                    elapsed = max(time.time() - window_start, 1e-9)
-                    step_time = elapsed / window_steps
-                    record = {"step": step, "loss": float(np.mean([v["loss"] for v in values])),
-                              "lr": float(schedule(step - 1)),
-                              "grad_norm": float(np.mean([v["grad_norm"] for v in values])),
-                              "samples_per_s": train_cfg.batch_size / step_time, "step_time_s": step_time,
-                              "mfu": (flops / step_time / peak) if (flops and peak) else None,
-                              "time": time.time()}
-                    losses.extend(float(v["loss"]) for v in values)
-                    say(_format_progress(record, train_cfg.num_steps))
-                    metrics_out.write(record)
-                    pending, window_start, window_steps = [], time.time(), 0
-                if checkpoints.save(step, trainer.state, iterator, config):
-                    saved_step = step
-                    say(f"checkpoint of step {step} started")
-                if train_cfg.sample_every and step % train_cfg.sample_every == 0:
-                    sampling_started = time.time()
-                    write_sample_sheet(trainer, workdir, step, say)
-                    window_start += time.time() - sampling_started  # not part of the training speed
-                if preemption.should_stop():
-                    stopped = "preempted"
-                    break
-        if saved_step != step:
-            checkpoints.save(step, trainer.state, iterator, config, force=True)
-            say(f"checkpoint of step {step} started ({stopped})")
-        checkpoints.wait()
-        say(f"checkpoints complete; latest {checkpoints.latest_step()}")
-    finally:
-        checkpoints.close()
-        metrics_out.close()
-        preemption.restore_handlers()
-    if stopped == "done" and train_cfg.export_model:
-        export_model(trainer, workdir / "model", step, say)
+    with WorkdirLock(workdir) if main else contextlib.nullcontext():
+        trainer = setup(config, log=say)
+        if main:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(json.dumps(to_dict(config), indent=2))
+        train_cfg = config.train
+        say(f"mesh {dict(trainer.mesh.shape)} over {trainer.mesh.size} {jax.devices()[0].device_kind} device(s), "
+            f"{jax.process_count()} host(s); batch {train_cfg.batch_size} in {train_cfg.grad_accum_steps} "
+            f"micro-batch(es); compute {train_cfg.compute_dtype}{', remat' if train_cfg.remat else ''}")
+        iterator = (make_iterator or default_make_iterator())(
+            config, process_index=jax.process_index(), process_count=jax.process_count(),
+            batch_size_per_host=train_cfg.batch_size // jax.process_count())
+        step, stopped, losses = Run(trainer, iterator, workdir, main, say, tuple(hooks)).run(resume)
+        if stopped == "done" and train_cfg.export_model:
+            export_model(trainer, workdir / "model", step, say)
     return {"step": step, "stopped": stopped, "losses": losses}
 
 
-SAMPLE_VIEWS = ((0.0, 0.0, 0.0), (0.0, 45.0, 0.0), (0.0, 90.0, 0.0), (0.0, 180.0, 0.0))
+class Progress:
+    """The progress line and metrics record every `log_every` steps: mean loss and grad norm of the window,
+    samples/s and MFU from the window's wall time (minus the time hooks took)."""
+
+    def __init__(self, config: Any, flops: float | None, writer: MetricsWriter, say: Callable[[str], None]):
+        self.train_cfg, self.flops, self.writer, self.say = config.train, flops, writer, say
+        self.peak = peak_flops(jax.devices()[0].device_kind)
+        self.schedule = lr_schedule(config.train)
+        self.losses: list[float] = []
+        self.pending: list = []
+        self.window_start, self.window_steps = time.time(), 0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append(metrics)
+        self.window_steps += 1
+        if step % self.train_cfg.log_every and step != self.train_cfg.num_steps:
+            return
+        values = jax.device_get(self.pending)
+        step_time = max(time.time() - self.window_start, 1e-9) / self.window_steps
+        record = {"step": step, "loss": float(np.mean([v["loss"] for v in values])),
+                  "lr": float(self.schedule(step - 1)), "grad_norm": float(np.mean([v["grad_norm"] for v in values])),
+                  "samples_per_s": self.train_cfg.batch_size / step_time, "step_time_s": step_time,
+                  "mfu": (self.flops / step_time / self.peak) if (self.flops and self.peak) else None,
+                  "time": time.time()}
+        self.losses.extend(float(v["loss"]) for v in values)
+        self.say(_format_progress(record, self.train_cfg.num_steps))
+        self.writer.write(record)
+        self.pending, self.window_start, self.window_steps = [], time.time(), 0
+
+    def exclude(self, seconds: float) -> None:
+        """Time spent outside training (hooks): not part of the training speed."""
+        self.window_start += seconds
 
 
-def write_sample_sheet(trainer: Trainer, workdir: pathlib.Path, step: int, log: Callable[[str], None]) -> None:
-    """Samples of the current weights (EMA if kept) by the sampling pipeline: the demo object turned to four
-    azimuths, two samples each, <workdir>/samples/step_<step>_sheet.png (+ the single pictures and settings)."""
-    from flax import traverse_util
+@dataclasses.dataclass
+class Run:
+    """One call of `train` after setup: restore, compile, step until done or preempted, final checkpoint."""
 
-    from customnet_jax.models.build import model_with_params
-    from customnet_jax.sampling.builtin_model import default_object
-    from customnet_jax.sampling.outputs import write_results
-    from customnet_jax.sampling.pipeline import Pipeline
+    trainer: Trainer
+    iterator: Any
+    workdir: pathlib.Path
+    main: bool
+    say: Callable[[str], None]
+    hooks: tuple[Hook, ...]
 
-    params = trainer.full_params()  # every host takes part in the gather; host 0 samples
-    if jax.process_index() != 0:
-        return
-    config = trainer.config
-    model = model_with_params(st.model_builder(config.model, config.train.compute_dtype),
-                              traverse_util.flatten_dict(params))
-    if trainer.sampler is None:
-        trainer.sampler = Pipeline(model, config.diffusion)
-    else:  # same structure: swap the weights, keep the compiled sampling program
-        trainer.sampler.state = nnx.split(model)[1]
-    result = trainer.sampler(default_object(config.model.resolution), views=SAMPLE_VIEWS,
-                             prompt=config.train.sample_prompt, num_samples=2, seed=0,
-                             steps=config.train.sample_steps, progress=False)
-    written = write_results(result, workdir / "samples", name=f"step_{step:08d}")
-    log(f"sample sheet {next(p for p in written if p.name.endswith('_sheet.png'))}")
+    def run(self, resume: bool) -> tuple[int, str, list[float]]:
+        train_cfg = self.trainer.config.train
+        checkpoints = Checkpointer(self.workdir / "checkpoints", every=train_cfg.checkpoint_every,
+                                   keep=train_cfg.keep_checkpoints, use_async=train_cfg.async_checkpoints)
+        writer, preemption = None, PreemptionFlag()
+        try:
+            latest = self.restore(checkpoints, resume)
+            writer = MetricsWriter(self.workdir, self.main)
+            step, stopped, saved_step, losses = latest or 0, "done", latest, []
+            if step >= train_cfg.num_steps:
+                self.say(f"already trained: step {step} >= train.num_steps {train_cfg.num_steps}")
+            else:
+                step, stopped, saved_step, losses = self.steps(step, saved_step, checkpoints, writer, preemption)
+            if saved_step != step:
+                checkpoints.save(step, self.trainer.state, self.iterator, self.trainer.config, force=True)
+                self.say(f"checkpoint of step {step} started ({stopped})")
+            checkpoints.wait()
+            self.say(f"checkpoints complete; latest {checkpoints.latest_step()}")
+        finally:
+            checkpoints.close()
+            if writer is not None:
+                writer.close()
+            preemption.restore_handlers()
+        return step, stopped, losses
+
+    def restore(self, checkpoints: Checkpointer, resume: bool) -> int | None:
+        """The latest complete checkpoint's step (its state and data position restored), None if there is none."""
+        latest = checkpoints.latest_step()
+        if latest is None:
+            return None
+        if not resume:
+            raise FileExistsError(f"--no-resume, but {checkpoints.directory} holds checkpoints (latest step "
+                                  f"{latest}); use a new --workdir or remove them to start over")
+        config = self.trainer.config
+        self.trainer.state, saved_config = checkpoints.restore(latest, abstract_like(self.trainer.state),
+                                                               self.iterator)
+        differences = config_differences(saved_config, to_dict(config))
+        self.say(f"resumed from the checkpoint of step {latest}"
+                 + (f"; config changed since: {'; '.join(differences)}" if differences else ""))
+        return latest
+
+    def steps(self, step: int, saved_step: int | None, checkpoints: Checkpointer, writer: MetricsWriter,
+              preemption: PreemptionFlag) -> tuple[int, str, int | None, list[float]]:
+        """Compile, then step until train.num_steps or a preemption -> (step, stopped, last saved step, losses)."""
+        trainer, config = self.trainer, self.trainer.config
+        batch = next(self.iterator)
+        started = time.time()
+        compiled = trainer.compile(batch)
+        flops = step_flops(compiled, config.train.grad_accum_steps)
+        self.say(f"compiled the train step in {time.time() - started:.1f} s"
+                 + (f"; {flops / 1e9:.3g} GFLOP per device per step" if flops else ""))
+        progress, stopped = Progress(config, flops, writer, self.say), "done"
+        while step < config.train.num_steps:
+            batch = next(self.iterator) if batch is None else batch
+            trainer.state, metrics = compiled(trainer.state, trainer.frozen, shd.global_batch(batch, trainer.mesh))
+            batch, step = None, step + 1
+            progress.add(step, metrics)
+            if checkpoints.save(step, trainer.state, self.iterator, config):
+                saved_step = step
+                self.say(f"checkpoint of step {step} started")
+            if hooks := due(self.hooks, step):
+                hooks_started = time.time()
+                info = StepInfo(step, self.workdir, config, self.main, self.say, trainer)
+                for hook in hooks:
+                    hook(info)
+                progress.exclude(time.time() - hooks_started)
+            if preemption.should_stop():
+                stopped = "preempted"
+                break
+        return step, stopped, saved_step, progress.losses

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from customnet_jax.model_folder import load_model, param_tree
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
@@ -129,8 +130,6 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
 
 def read_init_folder(path: str | pathlib.Path) -> dict:
     """A model folder's parameters, flat path -> numpy (see customnet_jax.model_folder)."""
-    from customnet_jax.model_folder import load_model, param_tree
-
     model, _ = load_model(path)
     flat = traverse_util.flatten_dict(param_tree(model))
     return {p: np.asarray(jax.device_get(v)) for p, v in flat.items()}

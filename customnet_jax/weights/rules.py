@@ -164,13 +164,3 @@ def import_tensors(tensors: Mapping[str, Any], rules: list[Rule], param_shapes: 
                 f"{tuple(expected[rule.torch_key])}")
         params[rule.path] = to_ours(tensor, rule).astype(dtype)
     return params
-
-
-def export_tensors(params: Mapping[Path, Any], rules: list[Rule]) -> dict[str, np.ndarray]:
-    """Our parameters -> torch-layout tensors (row slices concatenated back in order)."""
-    pieces: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for rule in rules:
-        tensor = to_torch(np.asarray(params[rule.path]), rule)
-        pieces.setdefault(rule.torch_key, []).append((rule.rows[0] if rule.rows else 0, tensor))
-    return {k: (v[0][1] if len(v) == 1 else np.concatenate([t for _, t in sorted(v, key=lambda x: x[0])]))
-            for k, v in pieces.items()}

@@ -5,5 +5,5 @@ evaluation's ground truth, the sampler's built-in example and the demo model's m
 
 Modules: renderer (the solids and their ray-cast renders), synthetic (World, named worlds, backgrounds, Scene,
 scene(seed)), source_folders (the world written in the real-data readers' folder layouts, for tests),
-example (held-out scenes and the built-in example shown by sample.py).
+held_out (the scenes the demo model is measured on; the built-in example of sample.py is one of them).
 """
