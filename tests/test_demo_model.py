@@ -16,7 +16,7 @@ from customnet_jax.demo import measure
 from customnet_jax.model_folder import load_model
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
-from customnet_jax.sampling.cli import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER
+from customnet_jax.sampling.builtin_model import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER
 from customnet_jax.sampling.pipeline import Pipeline
 
 SCENES, STEPS = 8, 20

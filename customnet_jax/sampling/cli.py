@@ -23,8 +23,6 @@ from customnet_jax.sampling.outputs import write_results
 from customnet_jax.sampling.pipeline import Pipeline
 from customnet_jax.world.held_out import default_scene
 
-__all__ = ["DEMO_COMPOSITION_FOLDER", "DEMO_FOLDER", "build_parser", "enable_compilation_cache", "main",
-           "parse_values", "views_from"]
 VALUE_FLAGS = ("--polar", "--azimuth", "--radius", "--bbox")
 
 
