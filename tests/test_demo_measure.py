@@ -124,3 +124,16 @@ def test_view_use_reads_only_the_view_columns():
     use = measure.view_use(Pipeline(model), num_scenes=4, timesteps=(900,))
     assert abs(use["azimuth"]) > 1e-3 and abs(use["direction"]) > 1e-3, use
     assert use["polar"] == 0.0 and use["distance"] == 0.0, use
+
+
+def test_eval_py_demo_is_a_subcommand_the_caller_adds():
+    """evaluation does not import the demo (it sits above it): eval.py adds `demo` to evaluation's parser."""
+    from customnet_jax.demo.eval_command import COMMAND
+    from customnet_jax.evaluation.cli import Command, main
+
+    runs = []
+    stand_in = Command(COMMAND.name, COMMAND.help, COMMAND.add_arguments, lambda args: runs.append(args) or 0)
+    assert main(["demo", "--scenes", "3", "--steps", "2"], commands=[stand_in]) == 0
+    assert [(a.scenes, a.steps, a.guidance, a.checkpoint) for a in runs] == [(3, 2, 3.0, None)]
+    with pytest.raises(SystemExit):  # without it, evaluation's own parser knows no demo
+        main(["demo"])
