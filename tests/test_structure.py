@@ -146,13 +146,14 @@ def test_package_does_not_import_configs():
 # The layers, bottom first: a unit imports only units of lower layers (the same layer is forbidden too, so the
 # trainer imports no sampling, the networks no weight names). Units not listed are checked by the cycle test only.
 LAYERS = (
-    {"conditioning", "text", "config", "local_models"},  # the view T and canvases, the tokenizer, config files
+    {"conditioning", "text", "config", "config_files", "local_models", "model_files"},  # the view T, canvases and
+    # pictures; the tokenizer; config files; local transformers folders; model folders' files (checksums, swaps)
     {"world", "models", "diffusion"},  # the synthetic world; the networks; noise schedules and samplers
-    {"weights", "experiment", "model_folder"},  # PyTorch names; the experiment config; model folders
+    {"weights", "experiment", "model_folder", "adapters"},  # PyTorch names; the experiment config; model folders
     {"data", "convert"},  # training data; checkpoint conversion
     {"train", "sampling"},  # the trainer (periodic work comes in as hooks); inference
-    {"evaluation", "pairs"},  # metrics and protocols; training pairs from photos (both sample)
-    {"demo"},  # the built-in demo model's recipe and measures
+    {"evaluation", "pairs", "aot"},  # metrics and protocols; training pairs from photos; TPU ahead-of-time compiles
+    {"demo", "app"},  # the built-in demo model's recipe and measures; the browser app
 )
 
 
