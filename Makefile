@@ -1,12 +1,13 @@
-# Two entry points on a fresh machine (each creates or reuses .venv):
+# Entry points on a fresh machine (each creates or reuses .venv):
 #   make sample   run sample.py on the built-in default model
+#   make app      the interactive page on http://127.0.0.1:7860 (app.py)
 #   make test     run the test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample test lint install demo-model
+.PHONY: sample app test lint install demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +15,17 @@ $(STAMP): pyproject.toml
 	# the CPU torch wheel first, so that nothing pulls a multi-GB CUDA build
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# the app's browser test drives Debian's chromium (Playwright cannot download its own browsers offline)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)
 
 install: $(STAMP)
 
 sample: $(STAMP)
 	$(VENV)/bin/python sample.py
+
+app: $(STAMP)
+	$(VENV)/bin/python app.py
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ from PIL import Image
 
 from configs.tiny import tiny_model
 from customnet_jax.conditioning import view_from_degrees
+from customnet_jax.conditioning.boxes import mask_xywh as mask_bbox
 from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import abstract_model, model_with_params
 from customnet_jax.models.customnet import CustomNet
@@ -28,7 +29,7 @@ from customnet_jax.pairs.caption import Captions, Subjects
 from customnet_jax.pairs.cli import main
 from customnet_jax.pairs.filters import Filters
 from customnet_jax.pairs.prompts import Prompt, PromptSource
-from customnet_jax.pairs.segment import MaskFolder, SamSegmenter, Segment, mask_bbox
+from customnet_jax.pairs.segment import MaskFolder, SamSegmenter, Segment
 from customnet_jax.pairs.sources import Annotations, ImageItem, folder_items, load_photo, shard, tfds_items
 from customnet_jax.pairs.views import ViewSynthesizer, photo_seed, random_views
 from customnet_jax.weights.params import param_shapes

@@ -30,10 +30,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from train_micro_config import get_config, micro_model  # noqa: E402
 
+from customnet_jax.conditioning.features import frozen_features  # noqa: E402
 from customnet_jax.train import optimizer as opt  # noqa: E402
 from customnet_jax.train import sharding as shd  # noqa: E402
 from customnet_jax.train import state as st  # noqa: E402
-from customnet_jax.train.step import box_cells, conditioning, denoising_loss  # noqa: E402
+from customnet_jax.train.step import box_cells, denoising_loss  # noqa: E402
 
 # Compile time dominates these tests (XLA CPU codegen of ~2k kernels per step): -O0 codegen halves it.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -320,7 +321,7 @@ def test_condition_dropout_and_target_latent():
              "drop_text": np.array([False, False, True])}
     batch = {k: jnp.asarray(v, jnp.float32) if v.dtype != bool else jnp.asarray(v) for k, v in batch.items()}
     null_text = jnp.full((1, 77, d), 7.0)
-    feats = jax.tree.map(np.asarray, conditioning(None, config, batch, null_text))
+    feats = jax.tree.map(np.asarray, frozen_features(None, config, batch, null_text))
     assert np.all(feats["image_embedding"][0] == 0) and np.all(feats["image_embedding"][1:] != 0)
     assert np.all(feats["conditions"][1] == 0) and np.all(feats["conditions"][[0, 2]] != 0)
     np.testing.assert_array_equal(feats["text"][2], null_text[0])
@@ -332,7 +333,7 @@ def test_condition_dropout_and_target_latent():
     import dataclasses
 
     composition = dataclasses.replace(config, model=micro_model(in_channels=12))
-    feats = jax.tree.map(np.asarray, conditioning(None, composition, batch, null_text))
+    feats = jax.tree.map(np.asarray, frozen_features(None, composition, batch, null_text))
     assert feats["conditions"].shape == (b, h, h, 8)  # [object | background]
     np.testing.assert_array_equal(feats["conditions"][1, ..., 4:], batch["background_latent"][1])  # never dropped
 

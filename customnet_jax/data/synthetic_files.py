@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from customnet_jax.conditioning.boxes import mask_xywh
 from customnet_jax.data.synthetic import (
     World,
     background,
@@ -85,8 +86,7 @@ def write_photo_folders(root: str | pathlib.Path, num_photos: int, views_per_pho
         photo[y0:y1, x0:x1] = over(rgba, photo[y0:y1, x0:x1])
         mask = np.zeros((height, width), np.uint8)
         mask[y0:y1, x0:x1] = np.where(rgba[..., 3] > 127, 255, 0)
-        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-        bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+        bbox = mask_xywh(mask)
         deltas = [[float(rng.choice([-1, 1]) * rng.uniform(0, 30)), float(rng.choice([-1, 1]) * rng.uniform(0, 60)),
                    0.0] for _ in range(views_per_photo)]
         caption = f"{spec.caption()} {bg_spec.phrase()}"
