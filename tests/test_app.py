@@ -73,23 +73,26 @@ def test_generate_in_the_browser_equals_the_pipeline(app_url, browser, object_fi
     page.set_input_files("#object input[type=file]", str(object_file))
     page.wait_for_timeout(1500)
     canvas = page.locator("#canvas img").bounding_box()  # the 64 px canvas shown larger: click two corners on it
-    scale = min(canvas["width"], canvas["height"]) / 64
-    left = canvas["x"] + (canvas["width"] - 64 * scale) / 2
-    top = canvas["y"] + (canvas["height"] - 64 * scale) / 2
+    natural = page.evaluate("document.querySelector('#canvas img').naturalWidth")  # shown scaled down, never up
+    shown = min(canvas["width"] / natural, canvas["height"] / natural, 1.0) * natural
+    scale = shown / 64
+    left = canvas["x"] + (canvas["width"] - shown) / 2
+    top = canvas["y"] + (canvas["height"] - shown) / 2
+    page.wait_for_timeout(1000)
     page.mouse.click(left + 10.5 * scale, top + 14.5 * scale)
     page.wait_for_timeout(500)
     page.mouse.click(left + 41.5 * scale, top + 53.5 * scale)
-    page.wait_for_timeout(1500)
+    page.wait_for_function("document.querySelector('#x1 input').value != '37'", timeout=TIMEOUT_MS)
     box = tuple(_field(page, n) for n in ui.BOX_FIELDS)
     assert abs(box[0] - 10) <= 1 and abs(box[1] - 14) <= 1 and abs(box[2] - 42) <= 1 and abs(box[3] - 54) <= 1
     _set_number(page, "#azimuth input[type=number]", 30)
-    _set_number(page, "#steps input[type=number]", 2)
+    _set_number(page, "#steps input[type=number]", 10)
     page.locator("#prompt textarea").fill("on a striped green floor")
-    page.screenshot(path=str(DOCS / "app_before.png"))
+    page.screenshot(path=str(DOCS / "app_before.png"), full_page=True)
     page.click("#generate")
     page.wait_for_selector("#result img", timeout=TIMEOUT_MS)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Done')", timeout=TIMEOUT_MS)
-    page.screenshot(path=str(DOCS / "app_after.png"))
+    page.screenshot(path=str(DOCS / "app_after.png"), full_page=True)
     shown = np.asarray(Image.open(io.BytesIO(page.request.get(
         page.locator("#result img").get_attribute("src")).body())).convert("RGB"))
 
@@ -97,10 +100,10 @@ def test_generate_in_the_browser_equals_the_pipeline(app_url, browser, object_fi
     cutout = matting.cut_out(object_file)
     assert cutout.method == "alpha"
     expected = pipeline(cutout.rgb, mask=cutout.mask, bbox=box, views=[(0.0, 30.0, 0.0)],
-                        prompt="on a striped green floor", seed=0, steps=2, guidance=3.0).images[0, 0]
+                        prompt="on a striped green floor", seed=0, steps=10, guidance=3.0).images[0, 0]
     np.testing.assert_array_equal(shown, expected)
     assert (shown != np.asarray(pipeline(cutout.rgb, mask=cutout.mask, bbox=box, views=[(0.0, 30.0, 0.0)],
-                                         prompt="on a striped green floor", seed=1, steps=2,
+                                         prompt="on a striped green floor", seed=1, steps=10,
                                          guidance=3.0).images[0, 0])).any()  # another seed: another picture
     page.close()
 

@@ -6,8 +6,7 @@ prompt or background (following the model), seed / steps / guidance. Right: the 
 JSON and a message line that shows any error. Local only: no analytics, no share link, no web fonts.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: gradio reads the handlers' annotations (gr.SelectData) at run time
 import os
 import tempfile
 from typing import Any
@@ -17,6 +16,13 @@ from customnet_jax.app import session
 from customnet_jax.conditioning.images import to_uint8
 
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
+PREVIEW_SIDE = 256  # the location canvas is shown enlarged (nearest) to about this side; clicks map back
+# small pictures shown large and sharp; the files stay at the model's resolution
+CSS = ".picture img { object-fit: contain !important; width: 100%; height: 100%; image-rendering: pixelated; }"
+
+
+def _enlargement(folder: str) -> int:
+    return max(1, PREVIEW_SIDE // session.load_pipeline(folder).config.resolution)
 
 
 def _request(folder, picture, matting_choice, x0, y0, x1, y1, polar, azimuth, radius, prompt, background, seed,
@@ -41,8 +47,7 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
 
     size = session.load_pipeline(folder).config.resolution
     box = session.example_box(size)
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web-font fetch
-    with gr.Blocks(title="CustomNet", theme=theme, analytics_enabled=False) as page:
+    with gr.Blocks(title="CustomNet", analytics_enabled=False) as page:
         gr.Markdown("## CustomNet: place an object, choose its view and its background")
         corner = gr.State(None)
         with gr.Row():
@@ -52,10 +57,11 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                 picture = gr.Image(label="object picture (empty: the built-in example)", type="numpy",
                                    image_mode="RGBA", sources=["upload"], elem_id="object")
                 matting_choice = gr.Radio(list(matting.MATTINGS), value="auto", label="matting")
-                cutout = gr.Image(label="cut-out (what the model is given)", interactive=False, format="png")
+                cutout = gr.Image(label="cut-out (what the model is given)", interactive=False, format="png",
+                                  elem_classes="picture", height=256)
             with gr.Column():
                 canvas = gr.Image(label="location canvas: click two corners to draw the box", interactive=False,
-                                  format="png", elem_id="canvas", height=256)
+                                  format="png", elem_id="canvas", height=PREVIEW_SIDE + 40)
                 with gr.Row(visible=True) as box_row:
                     fields = [gr.Number(v, label=n, precision=0, elem_id=n)
                               for n, v in zip(BOX_FIELDS, box, strict=True)]
@@ -78,8 +84,10 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 message = gr.Markdown("", elem_id="message")
-                result = gr.Image(label="result (first view)", interactive=False, format="png", elem_id="result")
-                sheet_image = gr.Image(label="all views", interactive=False, format="png", elem_id="sheet")
+                result = gr.Image(label="result (first view)", interactive=False, format="png", elem_id="result",
+                                  elem_classes="picture", height=256)
+                sheet_image = gr.Image(label="all views (rows: views; first column: the location canvas)",
+                                       interactive=False, format="png", elem_id="sheet", elem_classes="picture")
                 settings = gr.File(label="settings JSON", elem_id="settings")
         inputs = [folder_box, picture, matting_choice, *fields, polar, azimuth, radius, prompt, background, seed,
                   steps, guidance, sheet, sheet_views]
@@ -96,21 +104,22 @@ def _wire(gr: Any, c: dict) -> None:
             request = _request(*values)
             picture, mask, _ = session.cut_out(request)
             prepared = session.load_pipeline(request.folder).prepare_object(picture, mask)
-            return session.preview(request), to_uint8(prepared), ""
+            k = _enlargement(request.folder)
+            return session.preview(request).repeat(k, 0).repeat(k, 1), to_uint8(prepared), ""
         except (ValueError, OSError) as error:
             return gr.update(), gr.update(), _error(error)
 
     for control in (c["folder_box"], c["picture"], c["matting_choice"], *fields):
         control.change(refresh, inputs, [c["canvas"], c["cutout"], c["message"]])
 
-    def click(pending, *box, evt: gr.SelectData):
-        x, y = (int(v) for v in evt.index)
+    def click(pending: Any, folder: str, evt: gr.SelectData) -> tuple:
+        x, y = (int(v) // _enlargement(folder) for v in evt.index)
         if pending is None:
-            return (x, y), *(gr.update() for _ in box)
-        (px, py) = pending
+            return (x, y), *(gr.update() for _ in fields)
+        px, py = pending
         return None, min(px, x), min(py, y), max(px, x) + 1, max(py, y) + 1
 
-    c["canvas"].select(click, [c["corner"], *fields], [c["corner"], *fields])
+    c["canvas"].select(click, [c["corner"], c["folder_box"]], [c["corner"], *fields])
     for name, button in c["presets"].items():
         button.click(lambda n=name: session.PRESETS[n], None, [c["polar"], c["azimuth"], c["radius"]])
 
@@ -142,7 +151,10 @@ def _wire(gr: Any, c: dict) -> None:
 
 def launch(page: Any, host: str = "127.0.0.1", port: int | None = None, block: bool = True) -> Any:
     """Serve the page locally (no share link, no analytics)."""
+    import gradio as gr  # gradio: an optional heavy dependency, only the app needs it
+
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"])  # no web-font fetch
     return page.queue().launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
-                               show_error=True, quiet=True)
+                               show_error=True, quiet=True, theme=theme, css=CSS)
 
