@@ -179,10 +179,10 @@ def test_views_builder_reads_back(tmp_path):
         cams = objects[object_id]["cameras"]
         np.testing.assert_allclose(record["view"], synthetic.relative_view(cams[int(t)], cams[int(c)]), atol=1e-5)
         # pictures = the RGBA renders composited over white (the rule of conditioning.load_rgb), box = whole picture
-        np.testing.assert_allclose(conditioning.to_float(record["target"]), conditioning.load_rgb(view_dir / f"{t}.png"),
-                                   atol=1.01 / 127.5)
-        np.testing.assert_allclose(conditioning.to_float(record["object"]), conditioning.load_rgb(view_dir / f"{c}.png"),
-                                   atol=1.01 / 127.5)
+        np.testing.assert_allclose(conditioning.to_float(record["target"]),
+                                   conditioning.load_rgb(view_dir / f"{t}.png"), atol=1.01 / 127.5)
+        np.testing.assert_allclose(conditioning.to_float(record["object"]),
+                                   conditioning.load_rgb(view_dir / f"{c}.png"), atol=1.01 / 127.5)
         np.testing.assert_array_equal(record["box"], [0, 0, 1, 1])
         assert record["caption"].decode() == objects[object_id]["spec"].caption()
 

@@ -97,6 +97,7 @@ def test_sam_matting_on_a_tiny_random_sam(tmp_path):
     assert (matting.cut_out(photo, segmenter=tmp_path / "sam").mask == cutout.mask).all()
 
 
+@pytest.mark.slow
 def test_sample_cli_writes_the_cut_out(tmp_path):
     """sample.py --object <a photo on a textured background>: the cut-out is the object, and the settings say so."""
     from flax import nnx

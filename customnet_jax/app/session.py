@@ -31,13 +31,16 @@ POLAR_RANGE, AZIMUTH_RANGE, RADIUS_RANGE = (-90.0, 90.0), (-180.0, 180.0), (-0.5
 @functools.lru_cache(maxsize=2)
 def load_pipeline(folder: str) -> Any:
     """A Pipeline for a model folder, built once per folder (its compiled programs are kept with it)."""
+    import jax
+
     from customnet_jax.sampling.pipeline import Pipeline
 
     path = pathlib.Path(folder)
     if not (path / "config.json").is_file():
         raise ValueError(f"model folder {folder!r} has no config.json: give a folder written by convert_weights.py "
                          f"or train.py (the built-in demo model: {DEMO_FOLDER})")
-    return Pipeline.from_folder(path)
+    attention = "per_head" if jax.default_backend() == "cpu" else None  # sample.py's --attention auto
+    return Pipeline.from_folder(path, attention=attention)
 
 
 def model_kind(folder: str) -> str:
@@ -70,6 +73,7 @@ class Request:
     folder: str
     picture: np.ndarray | None  # uint8 RGB or RGBA; None: the built-in example
     matting: str = "auto"
+    segmenter: str = ""  # a SAM folder for the sam / auto matting
     bbox: tuple[float, ...] | None = None  # pixels of the model's canvas; None for Zero-1-to-3
     polar: float = 0.0
     azimuth: float = 0.0
@@ -92,7 +96,8 @@ def cut_out(request: Request) -> tuple[Any, Any, dict | None]:
     if request.picture is None:
         resolution = load_pipeline(request.folder).config.resolution
         return example_object(resolution), None, None
-    cutout = matting.cut_out(np.asarray(request.picture, np.uint8), request.matting)
+    cutout = matting.cut_out(np.asarray(request.picture, np.uint8), request.matting,
+                             segmenter=request.segmenter or None)
     return cutout.rgb, cutout.mask, cutout.record()
 
 

@@ -25,14 +25,14 @@ def _enlargement(folder: str) -> int:
     return max(1, PREVIEW_SIDE // session.load_pipeline(folder).config.resolution)
 
 
-def _request(folder, picture, matting_choice, x0, y0, x1, y1, polar, azimuth, radius, prompt, background, seed,
-             steps, guidance, sheet, sheet_views) -> session.Request:
+def _request(folder, picture, matting_choice, segmenter, x0, y0, x1, y1, polar, azimuth, radius, prompt, background,
+             seed, steps, guidance, sheet, sheet_views) -> session.Request:
     kind = session.model_kind(folder)
     bbox = None if kind == "zero123" else tuple(float(v) if v is not None else float("nan") for v in (x0, y0, x1, y1))
     if bbox is not None and all(float(v).is_integer() for v in bbox):
         bbox = tuple(int(v) for v in bbox)  # pixels, not fractions (conditioning.boxes.parse_bbox)
-    return session.Request(folder=folder, picture=picture, matting=matting_choice, bbox=bbox, polar=float(polar),
-                           azimuth=float(azimuth), radius=float(radius), prompt=prompt or "",
+    return session.Request(folder=folder, picture=picture, matting=matting_choice, segmenter=segmenter, bbox=bbox,
+                           polar=float(polar), azimuth=float(azimuth), radius=float(radius), prompt=prompt or "",
                            background=background if kind == "composition" else None, seed=int(seed),
                            steps=int(steps), guidance=float(guidance), sheet_views=int(sheet_views) if sheet else 0)
 
@@ -57,6 +57,7 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                 picture = gr.Image(label="object picture (empty: the built-in example)", type="numpy",
                                    image_mode="RGBA", sources=["upload"], elem_id="object")
                 matting_choice = gr.Radio(list(matting.MATTINGS), value="auto", label="matting")
+                segmenter = gr.Textbox("", label="SAM model folder (for sam; auto uses it when given)")
                 cutout = gr.Image(label="cut-out (what the model is given)", interactive=False, format="png",
                                   elem_classes="picture", height=256)
             with gr.Column():
@@ -89,8 +90,8 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                 sheet_image = gr.Image(label="all views (rows: views; first column: the location canvas)",
                                        interactive=False, format="png", elem_id="sheet", elem_classes="picture")
                 settings = gr.File(label="settings JSON", elem_id="settings")
-        inputs = [folder_box, picture, matting_choice, *fields, polar, azimuth, radius, prompt, background, seed,
-                  steps, guidance, sheet, sheet_views]
+        inputs = [folder_box, picture, matting_choice, segmenter, *fields, polar, azimuth, radius, prompt, background,
+                  seed, steps, guidance, sheet, sheet_views]
         _wire(gr, locals())
     return page
 
@@ -109,7 +110,7 @@ def _wire(gr: Any, c: dict) -> None:
         except (ValueError, OSError) as error:
             return gr.update(), gr.update(), _error(error)
 
-    for control in (c["folder_box"], c["picture"], c["matting_choice"], *fields):
+    for control in (c["folder_box"], c["picture"], c["matting_choice"], c["segmenter"], *fields):
         control.change(refresh, inputs, [c["canvas"], c["cutout"], c["message"]])
 
     def click(pending: Any, folder: str, evt: gr.SelectData) -> tuple:
