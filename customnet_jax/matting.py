@@ -30,6 +30,8 @@ from PIL import Image
 from customnet_jax.conditioning.boxes import mask_box
 from customnet_jax.conditioning.images import open_image, rgb_and_alpha, to_uint8
 from customnet_jax.conditioning.objects import alpha_mask, non_white_mask
+from customnet_jax.pairs.prompts import Prompt
+from customnet_jax.pairs.segment import SamSegmenter
 
 MATTINGS = ("auto", "alpha", "white", "grabcut", "sam")
 WHITE_BORDER = 0.5  # auto takes "white" when less than this share of the border pixels are non-white
@@ -108,16 +110,13 @@ def grabcut_mask(rgb: np.ndarray, object_box: Sequence[int] | None = None, itera
 
 
 @functools.lru_cache(maxsize=2)
-def _sam(folder: str) -> Any:
-    from customnet_jax.pairs.segment import SamSegmenter  # torch + transformers: only the sam matting needs them
-
+def _sam(folder: str) -> SamSegmenter:
+    """The pair builder's SAM loader (torch and transformers are imported only when it is built)."""
     return SamSegmenter(folder)
 
 
 def sam_mask(rgb: np.ndarray, segmenter: str | pathlib.Path, object_box: Sequence[int] | None = None) -> np.ndarray:
     """SAM (a local transformers folder, loaded once per process) prompted with the box or the picture's centre."""
-    from customnet_jax.pairs.prompts import Prompt
-
     height, width = rgb.shape[:2]
     if object_box is not None:
         prompt = Prompt("box", box=tuple(float(v) for v in object_box))

@@ -114,6 +114,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from customnet_jax.sampling.demo import default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
+    cutout = None  # the object cut out of the user's picture, before any model is loaded
+    if args.object is not None:
+        try:
+            mask = None
+            if args.mask:
+                from PIL import Image
+
+                mask = np.asarray(Image.open(args.mask).convert("L"))
+            cutout = matting.from_args(args, mask)
+        except (ValueError, OSError) as error:
+            print(f"sample.py: error: {error}", file=sys.stderr)
+            return 2
+        for warning in cutout.warnings:
+            print(f"sample.py: warning: {warning}", file=sys.stderr)
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     attention = args.attention
     if attention == "auto":
@@ -133,19 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
     mask = None
-    if args.mask:
-        from PIL import Image
-
-        mask = np.asarray(Image.open(args.mask).convert("L"))
-    cutout = None
-    if not built_in:
-        try:
-            cutout = matting.from_args(args, mask)
-        except (ValueError, OSError) as error:
-            print(f"sample.py: error: {error}", file=sys.stderr)
-            return 2
-        for warning in cutout.warnings:
-            print(f"sample.py: warning: {warning}", file=sys.stderr)
+    if cutout is not None:
         object_image, mask = cutout.rgb, cutout.mask
     views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                        parse_values(args.radius, "radius"))
