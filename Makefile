@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample app test lint install demo-model
+.PHONY: sample app test lint install browser demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml
 	# the CPU torch wheel first, so that nothing pulls a multi-GB CUDA build
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test]'
-	# the app's browser test drives Debian's chromium (Playwright cannot download its own browsers offline)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	touch $(STAMP)
 
-install: $(STAMP)
+# the app's browser test drives Debian's chromium through Playwright (which cannot download its own browsers
+# offline); installed only when missing (CI runs as root)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+install: $(STAMP) browser
 
 sample: $(STAMP)
 	$(VENV)/bin/python sample.py
@@ -27,7 +30,7 @@ sample: $(STAMP)
 app: $(STAMP)
 	$(VENV)/bin/python app.py
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
