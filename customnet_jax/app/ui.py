@@ -88,7 +88,8 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                 result = gr.Image(label="result (first view)", interactive=False, format="png", elem_id="result",
                                   elem_classes="picture", height=256)
                 sheet_image = gr.Image(label="all views (rows: views; first column: the location canvas)",
-                                       interactive=False, format="png", elem_id="sheet", elem_classes="picture")
+                                       interactive=False, format="png", elem_id="sheet", elem_classes="picture",
+                                       height=256)
                 settings = gr.File(label="settings JSON", elem_id="settings")
         inputs = [folder_box, picture, matting_choice, segmenter, *fields, polar, azimuth, radius, prompt, background,
                   seed, steps, guidance, sheet, sheet_views]
