@@ -1,8 +1,10 @@
 """The app in a real browser (Debian's chromium driven by Playwright): upload an object, draw the box with the
 mouse, set a view and a prompt, generate, and get exactly the Pipeline's picture for the same settings; a bad box
-shows the library's message in the page and the app keeps answering. Screenshots go to docs/."""
+shows the library's message in the page and the app keeps answering. Screenshots before / after generating go to
+$APP_SCREENSHOTS (docs/app_before.png and docs/app_after.png were made with APP_SCREENSHOTS=docs)."""
 
 import io
+import os
 import pathlib
 import shutil
 import socket
@@ -15,7 +17,6 @@ from customnet_jax import matting
 from customnet_jax.app import session, ui
 
 pytestmark = pytest.mark.slow
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 TIMEOUT_MS = 240_000
 
 
@@ -66,7 +67,8 @@ def _field(page, name: str) -> int:
     return int(float(page.locator(f"#{name} input").input_value()))
 
 
-def test_generate_in_the_browser_equals_the_pipeline(app_url, browser, object_file):
+def test_generate_in_the_browser_equals_the_pipeline(app_url, browser, object_file, tmp_path):
+    screenshots = pathlib.Path(os.environ.get("APP_SCREENSHOTS", tmp_path))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(app_url)
     page.wait_for_selector("#canvas img", timeout=TIMEOUT_MS)
@@ -88,11 +90,11 @@ def test_generate_in_the_browser_equals_the_pipeline(app_url, browser, object_fi
     _set_number(page, "#azimuth input[type=number]", 30)
     _set_number(page, "#steps input[type=number]", 10)
     page.locator("#prompt textarea").fill("on a striped green floor")
-    page.screenshot(path=str(DOCS / "app_before.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "app_before.png"), full_page=True)
     page.click("#generate")
     page.wait_for_selector("#result img", timeout=TIMEOUT_MS)
     page.wait_for_function("document.querySelector('#message').innerText.includes('Done')", timeout=TIMEOUT_MS)
-    page.screenshot(path=str(DOCS / "app_after.png"), full_page=True)
+    page.screenshot(path=str(screenshots / "app_after.png"), full_page=True)
     shown = np.asarray(Image.open(io.BytesIO(page.request.get(
         page.locator("#result img").get_attribute("src")).body())).convert("RGB"))
 
