@@ -37,7 +37,8 @@ from customnet_jax.train.step import box_cells, conditioning, denoising_loss  # 
 
 # Compile time dominates these tests (XLA CPU codegen of ~2k kernels per step): -O0 codegen halves it.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-COMMON = ["--config", "tests/train_micro_config.py", "--synthetic-data", "precomputed", "--synthetic-examples", "16"]
+RANDOM = ["--set", "data.source=random_precomputed"]  # random in-memory examples (customnet_jax.train.synthetic)
+COMMON = ["--config", "tests/train_micro_config.py", *RANDOM, "--set", "data.random_examples=16"]
 
 
 def _env() -> dict:
@@ -166,8 +167,8 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
     import train
 
     with pytest.raises(SystemExit) as exit_info:  # refused by the CLI before anything is built or compiled
-        train.main(["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--mesh-data", "2",
-                    "--mesh-fsdp", "2", "--synthetic-data", "precomputed"])
+        train.main(["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--set", "mesh.data=2",
+                    "--set", "mesh.fsdp=2", *RANDOM])
     assert exit_info.value.code == 2
     assert "needs 4 devices but only 1 exist" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
@@ -177,7 +178,7 @@ def test_second_run_in_a_busy_workdir_is_refused(tmp_path, capsys):
     import train
     from customnet_jax.train.checkpoint import WorkdirLock
 
-    args = ["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), "--synthetic-data", "precomputed",
+    args = ["--config", "tests/train_micro_config.py", "--workdir", str(tmp_path), *RANDOM,
             "--set", "train.num_steps=1", "--set", "train.warmup_steps=0", "--set", "train.cooldown_steps=0"]
     with WorkdirLock(tmp_path):  # as another process would hold it (flock: separate opens conflict)
         with pytest.raises(SystemExit) as exit_info:
@@ -535,8 +536,8 @@ def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(refere
     SIGTERM (preemption): the run writes a checkpoint of the step it reached and exits cleanly."""
     del reference  # reuses its compiled step from the persistent cache
     workdir = tmp_path / "overfit"
-    args = ["train.py", "--config", "tests/train_micro_config.py", "--synthetic-data", "precomputed",
-            "--synthetic-examples", "4", "--workdir", workdir, "--set", "train.num_steps=1000",
+    args = ["train.py", "--config", "tests/train_micro_config.py", *RANDOM, "--set", "data.random_examples=4",
+            "--workdir", workdir, "--set", "train.num_steps=1000",
             "--set", "train.checkpoint_every=1000", "--set", "train.image_dropout=0.0",
             "--set", "train.object_latent_dropout=(0.0,0.0)", "--set", "train.text_dropout=0.0"]
     job = Job(args)

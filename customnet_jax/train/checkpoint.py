@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
 
 ITEMS = ("state", "data_iter", "config")
 

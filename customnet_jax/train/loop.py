@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
@@ -62,7 +62,7 @@ def default_make_iterator() -> Callable:
         from customnet_jax.data import make_iterator
     except ImportError as error:
         raise RuntimeError("the data pipeline customnet_jax.data.make_iterator is not available "
-                           f"({error}); for a smoke run use train.py --synthetic-data raw|precomputed") from error
+                           f"({error}); smoke run: train.py --set data.source=random_raw") from error
     return make_iterator
 
 

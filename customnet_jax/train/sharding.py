@@ -43,18 +43,18 @@ def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple
     train, problems = config.train, []
     if config.mesh.fsdp < 1 or (config.mesh.data < 1 and config.mesh.data != -1):
         raise ConfigError(f"mesh data={config.mesh.data}, fsdp={config.mesh.fsdp}: sizes must be >= 1 "
-                          "(data may be -1: all devices not used by fsdp); set --mesh-data / --mesh-fsdp")
+                          "(data may be -1: all devices not used by fsdp); set --set mesh.data=N / --set mesh.fsdp=M")
     data, fsdp = mesh_shape(config.mesh, num_devices)
     size = data * fsdp
     if size > num_devices:
         problems.append(f"the mesh data={data} x fsdp={fsdp} needs {size} devices but only {num_devices} exist; "
-                        f"choose --mesh-data / --mesh-fsdp with data * fsdp <= {num_devices}")
+                        f"choose --set mesh.data=N / --set mesh.fsdp=M with data * fsdp <= {num_devices}")
     elif config.mesh.data == -1 and num_devices % fsdp:
         problems.append(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices; with mesh.data=-1 "
                         "(all devices) choose an fsdp size that divides the device count")
     if process_count > 1 and size != num_devices:
         problems.append(f"a multi-host run must use every device: data * fsdp = {size} but there are "
-                        f"{num_devices}; set --mesh-data / --mesh-fsdp (or mesh.data=-1)")
+                        f"{num_devices}; set --set mesh.data=N / --set mesh.fsdp=M (or mesh.data=-1)")
     accum = train.grad_accum_steps
     if accum < 1:
         problems.append(f"train.grad_accum_steps={accum}: must be >= 1")
