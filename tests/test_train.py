@@ -515,20 +515,26 @@ def test_two_processes_agree_with_one(reference, tmp_path):
         port = s.getsockname()[1]
     workdir = tmp_path / "two"
     jobs = [Job(["train.py", *COMMON, "--workdir", workdir, "--coordinator", f"127.0.0.1:{port}",
-                 "--num-processes", "2", "--process-id", str(i), "--set", "train.num_steps=4",
-                 "--set", "train.grad_accum_steps=2"]) for i in (0, 1)]
+                 "--num-processes", "2", "--process-id", str(i), "--set", "train.grad_accum_steps=2"]) for i in (0, 1)]
     outputs = [job.finish() for job in jobs]
     assert "mesh {'data': 2, 'fsdp': 1} over 2 cpu device(s), 2 host(s)" in outputs[0]
     losses = {m["step"]: m["loss"] for m in _metrics(workdir)}
-    assert sorted(losses) == [1, 2, 3, 4]
+    assert sorted(losses) == list(range(1, 9))  # the reference run's 8 steps
     # measured: relative differences ~1e-7 (reduction order)
-    np.testing.assert_allclose([losses[s] for s in range(1, 5)], [reference["losses"][s] for s in range(1, 5)],
+    np.testing.assert_allclose([losses[s] for s in range(1, 9)], [reference["losses"][s] for s in range(1, 9)],
                                rtol=2e-5)
     # every host wrote its data-iterator state into the checkpoint
     assert sorted(p.name for p in (workdir / "checkpoints" / "3" / "data_iter").glob("*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
-    two = _folder_params(workdir / "model")
-    assert len(two) == len(_folder_params(reference["workdir"] / "model"))
+    # the exported weights equal the one-process run's, leaf by leaf
+    two, one = _folder_params(workdir / "model"), _folder_params(reference["workdir"] / "model")
+    assert two.keys() == one.keys()
+    worst = {path: float(np.max(np.abs(two[path] - one[path]))) / (float(np.max(np.abs(one[path]))) + 1e-12)
+             for path in one}
+    print("WORST", sorted(worst.items(), key=lambda kv: -kv[1])[:5])
+    print("ABS", max(float(np.max(np.abs(two[p] - one[p]))) for p in one))
+    for path in one:
+        np.testing.assert_allclose(two[path], one[path], rtol=1e-2, atol=1e-2, err_msg=str(path))
 
 
 def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(reference, tmp_path):
