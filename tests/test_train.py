@@ -526,15 +526,22 @@ def test_two_processes_agree_with_one(reference, tmp_path):
     # every host wrote its data-iterator state into the checkpoint
     assert sorted(p.name for p in (workdir / "checkpoints" / "3" / "data_iter").glob("*.json")) == [
         "process_0-of-2.json", "process_1-of-2.json"]
-    # the exported weights equal the one-process run's, leaf by leaf
+    # the exported weights equal the one-process run's, by value. Measured: trained leaves differ by at most 2.7e-5
+    # (reduction order) where the 8 steps moved them by up to 0.15; the difference over the size of the 8 updates
+    # (L2 over all parameters) is 1.2e-5; the frozen leaves are identical.
     two, one = _folder_params(workdir / "model"), _folder_params(reference["workdir"] / "model")
     assert two.keys() == one.keys()
-    worst = {path: float(np.max(np.abs(two[path] - one[path]))) / (float(np.max(np.abs(one[path]))) + 1e-12)
-             for path in one}
-    print("WORST", sorted(worst.items(), key=lambda kv: -kv[1])[:5])
-    print("ABS", max(float(np.max(np.abs(two[p] - one[p]))) for p in one))
+    _, shapes = st.graphdef_and_shapes(get_config())
+    start, _ = st.initial_params(get_config(), shapes)
+    trained = [path for path in one if st.is_trainable(path)]
     for path in one:
-        np.testing.assert_allclose(two[path], one[path], rtol=1e-2, atol=1e-2, err_msg=str(path))
+        if st.is_trainable(path):
+            np.testing.assert_allclose(two[path], one[path], rtol=0, atol=2e-4, err_msg=str(path))
+        else:
+            np.testing.assert_array_equal(two[path], one[path], err_msg=str(path))
+    l2 = lambda arrays: float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
+    update = l2(one[path] - start[path] for path in trained)
+    assert update > 1.0 and l2(two[path] - one[path] for path in trained) < 1e-3 * update
 
 
 def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(reference, tmp_path):
