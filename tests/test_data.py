@@ -425,6 +425,7 @@ def test_pipeline_deterministic_sharded_resumable(synthetic_data, tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(synthetic_data):
     config = _config(synthetic_data, num_workers=2)
     kw = dict(process_index=0, process_count=1, batch_size_per_host=4, keep_id=True)
@@ -442,6 +443,7 @@ def test_worker_processes_give_the_same_batches(synthetic_data):
 # ---------------------------------------------------------------------------------------------- precompute
 
 
+@pytest.mark.slow
 def test_precompute_matches_the_model(synthetic_data, tmp_path):
     config = _config(synthetic_data)
     model = initialized_model(lambda: CustomNet(config.model, rngs=nnx.Rngs(0)), seed=0)

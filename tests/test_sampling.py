@@ -96,7 +96,8 @@ def reference(model, data, eta: float, schedule: str, diffusion: DiffusionConfig
     return x.permute(0, 2, 3, 1).numpy()
 
 
-@pytest.mark.parametrize("eta,schedule", [(0.0, "correct"), (0.0, "original"), (1.0, "correct")])
+@pytest.mark.parametrize("eta,schedule", [(0.0, "correct"), pytest.param(0.0, "original", marks=pytest.mark.slow),
+                                          (1.0, "correct")])
 def test_ddim_with_guidance_matches_diffusers(setup, eta, schedule):
     _, unet, reference_unet, data = setup
     error = rel_l2(ours(unet, data, eta, schedule), reference(reference_unet, data, eta, schedule))
@@ -104,6 +105,7 @@ def test_ddim_with_guidance_matches_diffusers(setup, eta, schedule):
     assert error <= 1e-4, error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_zero_terminal_snr_v_prediction_matches_diffusers(setup, eta):
     """Rescaled betas (a_T = 0), v outputs, trailing grid from t = 999: diffusers' DDIMScheduler with
@@ -132,6 +134,7 @@ def test_zero_terminal_snr_schedule():
         DiffusionConfig(zero_terminal_snr=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [20, 25, 50, 100])
 def test_eta_one_from_zero_terminal_snr_stays_finite(steps):
     """At eta = 1 the first step (a_t = 0) has 1 - a_prev - sigma^2 = 0 exactly; float32 rounding made it -6e-8 for
@@ -198,6 +201,7 @@ def test_same_seed_same_pictures_and_views_share_the_noise(pipeline, object_pict
     assert first.settings["views"] == [[0.0, 0.0, 0.0], [0.0, 90.0, 0.0]]
 
 
+@pytest.mark.slow
 def test_zero_terminal_snr_model_samples_on_the_trailing_grid(pipeline, object_picture):
     """A model folder's diffusion config reaches the sampler: a zero-SNR v model defaults to the trailing grid and
     reads its outputs as v (read as eps, the first step would divide by sqrt(a_T) = 0)."""

@@ -174,6 +174,7 @@ def test_refuses_configs_that_cannot_run(tmp_path, capsys):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_second_run_in_a_busy_workdir_is_refused(tmp_path, capsys):
     import train
     from customnet_jax.train.checkpoint import WorkdirLock
@@ -457,6 +458,7 @@ def test_mfu_helpers():
 # ------------------------------------------------------------------------------------------ subprocess runs
 
 
+@pytest.mark.slow
 def test_reference_run_logs_and_exports(reference):
     """The progress line, the JSON lines, the checkpoints kept and the exported model folder."""
     out = reference["output"]
@@ -471,6 +473,7 @@ def test_reference_run_logs_and_exports(reference):
     assert folder.model == get_config().model and folder.provenance["step"] == 8
 
 
+@pytest.mark.slow
 def test_sigkill_between_checkpoints_and_during_async_save_then_exact_resume(reference, tmp_path):
     """Kill 1: after step 5 (checkpoint 3 complete, none in flight). Kill 2: the resumed run is killed after
     step 7 while the async save of step 6 is still being finalised. The next run resumes from 3 (the half-
@@ -507,6 +510,7 @@ def test_sigkill_between_checkpoints_and_during_async_save_then_exact_resume(ref
         np.testing.assert_array_equal(ours[path], theirs[path])
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(reference, tmp_path):
     """Two local jax.distributed processes (one CPU device each, mesh data=2), each feeding its half of the
     global batch, with 2 micro-batches of accumulation, against the one-process run (no accumulation)."""
@@ -544,6 +548,7 @@ def test_two_processes_agree_with_one(reference, tmp_path):
     assert update > 1.0 and l2(two[path] - one[path] for path in trained) < 1e-3 * update
 
 
+@pytest.mark.slow
 def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(reference, tmp_path):
     """4 examples, no condition dropout, lr 3e-3: after 150 steps the loss has fallen by more than 10x. Then
     SIGTERM (preemption): the run writes a checkpoint of the step it reached and exits cleanly."""
@@ -568,6 +573,7 @@ def test_micro_model_overfits_a_handful_of_examples_then_stops_on_sigterm(refere
     assert last < first / 10, (first, last)
 
 
+@pytest.mark.slow
 def test_sharded_steps_equal_the_single_device_step(sharded_job):
     """3 steps (AdamW, warm-up, clipping, EMA; raw batches from the data pipeline, so the frozen VAE and CLIPs
     run sharded too) on meshes 2x4 (FSDP) and 8x1 (data parallel) of 8 simulated devices vs 1 device: same
