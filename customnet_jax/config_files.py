@@ -35,6 +35,14 @@ def to_dict(config: Any) -> dict[str, Any]:
     return convert(config)
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a config dataclass; a hint that cannot be resolved is left unchecked (Any)."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+
+
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
@@ -112,14 +120,14 @@ def check_value(annotation: Any, value: Any, name: str) -> Any:
 def from_dict(cls: type[T], data: dict[str, Any], name: str = "") -> T:
     """Build dataclass `cls` from `to_dict` output, every value checked; unknown keys are an error (a typo must
     not pass)."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigValueError(f"{name or cls.__name__}: unknown config keys {unknown}; known keys are "
                                f"{sorted(names)}")
     prefix = f"{name}." if name else ""
-    return cls(**{k: check_value(hints[k], v, prefix + k) for k, v in data.items()})
+    return cls(**{k: check_value(hints.get(k, Any), v, prefix + k) for k, v in data.items()})
 
 
 def check_config(config: T) -> T:
@@ -166,11 +174,11 @@ def _section_type(annotation: Any) -> type | None:
 
 
 def _assign(tree: dict, cls: type, parts: list[str], raw: str, full: str) -> None:
-    hints = typing.get_type_hints(cls)
-    if parts[0] not in hints or parts[0] not in tree:
+    hints = _hints(cls)
+    if parts[0] not in tree:
         raise ConfigValueError(f"override {full!r}: no field {parts[0]!r} in {cls.__name__} "
                                f"(fields: {sorted(tree)})")
-    hint = hints[parts[0]]
+    hint = hints.get(parts[0], Any)
     section = _section_type(hint)
     if len(parts) == 1:
         value = _parse(raw, hint)
