@@ -357,6 +357,7 @@ def assert_same_state(ours: dict, theirs: dict):
         assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["customnet", "zero123"])
 def test_round_trip_import_export(files, folders, tmp_path, name):
     if name == "zero123":  # holds a planted command: read it with our reader, never with torch.load

@@ -155,6 +155,7 @@ def test_original_schedule_drops_the_top_step():
         ddim.ddim_schedule(acp, 0)
 
 
+@pytest.mark.slow
 def test_wrong_schedule_breaks_parity(setup):
     _, unet, reference_unet, data = setup
     error = rel_l2(ours(unet, data, 0.0, "original"), reference(reference_unet, data, 0.0, "correct"))
@@ -186,6 +187,7 @@ def object_picture():
     return rgba
 
 
+@pytest.mark.slow
 def test_same_seed_same_pictures_and_views_share_the_noise(pipeline, object_picture):
     kwargs = dict(bbox=(8, 8, 56, 56), views=[(0, 0, 0), (0, 90, 0)], prompt="a red box", steps=3,
                   progress=False)
@@ -230,6 +232,7 @@ def test_pipeline_bad_inputs(pipeline, object_picture, tmp_path):
         pipeline(str(tmp_path / "missing.png"), steps=2, progress=False)
 
 
+@pytest.mark.slow
 def test_guided_step_is_one_program(pipeline, object_picture):
     """Changing guidance or the prompt reuses the compiled program; only shapes recompile."""
     kwargs = dict(bbox=(8, 8, 56, 56), views=[(0, 0, 0), (0, 90, 0)], steps=3, progress=False)

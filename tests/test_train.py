@@ -371,6 +371,7 @@ def test_object_loss_weight_weighs_the_box_cells():
     assert abs(weighted - plain) > 1e-3  # the weighting changes the loss
 
 
+@pytest.mark.slow
 def test_init_from_model_folder_widens_conv_in(tmp_path):
     """A converted 8-channel CustomNet folder initialises the 12-channel composition model (zeros on the new
     channels); a Zero-1-to-3 folder initialises CustomNet with fresh text K/V and text encoder."""
@@ -410,6 +411,7 @@ def test_init_from_model_folder_widens_conv_in(tmp_path):
     np.testing.assert_array_equal(params[("unet", "conv_in", "kernel")], z_params[("unet", "conv_in", "kernel")])
 
 
+@pytest.mark.slow
 def test_bfloat16_and_remat_switches_keep_float32_master_weights():
     """compute_dtype=bfloat16 builds the model computing in bf16 (remat on): the traced step (no compile)
     keeps float32 parameters, optimizer moments and loss."""
