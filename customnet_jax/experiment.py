@@ -30,7 +30,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The paper's optimisation (SPEC §8) and the condition dropout of SPEC §7."""
+    """The paper's optimisation (docs/model.md §8) and the condition dropout of docs/model.md §7."""
 
     batch_size: int = 96
     num_steps: int = 500_000

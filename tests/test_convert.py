@@ -120,7 +120,7 @@ def common_state(w) -> collections.OrderedDict:
 
 
 def customnet_state(w, unet: str) -> collections.OrderedDict:
-    """The flat state dict of customnet_v1.pt (SPEC §9)."""
+    """The flat state dict of customnet_v1.pt (docs/model.md §9)."""
     state = collections.OrderedDict(tensors(w[unet], UNET))
     state.update(common_state(w))
     state.update(tensors(w["text"], TEXT))

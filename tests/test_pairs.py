@@ -1,4 +1,5 @@
-"""build_pairs (SAM + Zero-1-to-3 + BLIP-2 -> prepared pairs, SPEC §10) on tiny random models and generated photos.
+"""build_pairs (SAM + Zero-1-to-3 + BLIP-2 -> prepared pairs, docs/model.md §10) on tiny random models and generated
+photos.
 
 Random models make junk masks, views and captions: these tests check the plumbing (layout and fields that the
 pairs reader takes, the view sign convention, box enlargement, resume, sharding, filters, skip reports).
@@ -213,7 +214,7 @@ def _folder_files(folder: pathlib.Path) -> list[str]:
 
 
 def _expected_square(bbox, width: int, height: int) -> tuple[int, int, int, int]:
-    """SPEC §10 by hand: bbox scaled to the 256 canvas as int(255 x / W), the square of side int(max * 256/200)
+    """docs/model.md §10 by hand: bbox scaled to the 256 canvas as int(255 x / W), the square of side int(max * 256/200)
     centred on it."""
     x, y, w, h = bbox
     x0, y0, bw, bh = int(255 * x / width), int(255 * y / height), int(255 * w / width), int(255 * h / height)

@@ -31,7 +31,7 @@ ZERO_SNR = DiffusionConfig(prediction_type="v_prediction", zero_terminal_snr=Tru
 
 
 def reference_scheduler(diffusion: DiffusionConfig = SD) -> DDIMScheduler:
-    """diffusers DDIM configured as the original LDM sampler (SPEC §7), or for a zero-terminal-SNR v model."""
+    """diffusers DDIM configured as the original LDM sampler (docs/model.md §7), or for a zero-terminal-SNR v model."""
     zero_snr = diffusion.zero_terminal_snr
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          clip_sample=False, set_alpha_to_one=False, steps_offset=0 if zero_snr else 1,

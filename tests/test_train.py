@@ -308,7 +308,7 @@ def test_noising_and_training_target_match_diffusers(zero_snr):
 
 
 def test_condition_dropout_and_target_latent():
-    """SPEC §7 drops on precomputed features: image embedding zeroed before cc_projection, object latent
+    """docs/model.md §7 drops on precomputed features: image embedding zeroed before cc_projection, object latent
     zeroed, caption -> embedding of ""; background kept; z0 = scale (mean + exp(logvar / 2) n)."""
     config = get_config()
     rng = np.random.default_rng(1)
