@@ -2,12 +2,13 @@
 #   make sample   run sample.py on the built-in default model
 #   make app      the interactive page on http://127.0.0.1:7860 (app.py)
 #   make test     run the test suite (what CI runs)
+#   make test-fast  the suite without the tests marked slow (a few minutes on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample app test lint install browser demo-model
+.PHONY: sample app test test-fast lint install browser demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +34,10 @@ app: $(STAMP)
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # the built-in demo model, from nothing (about 85 minutes on 2 idle CPU cores); resumes if interrupted
 demo-model: $(STAMP)

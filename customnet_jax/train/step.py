@@ -1,4 +1,4 @@
-"""The training objective (docs/conditioning.md) and the sharded train step: a pure function of (state, frozen, batch).
+"""The training objective (docs/model.md §7) and the sharded train step: a pure function of (state, frozen, batch).
 
 One step, for a global batch of B samples (random draws for the whole batch first, so that gradient
 accumulation does not change them):
@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from customnet_jax.conditioning.features import frozen_features, latent_shape
 from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training_target
+from customnet_jax.experiment import Config
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.optimizer import ema_update
 
@@ -62,7 +63,7 @@ def denoising_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Arr
     return jnp.mean(per_sample)
 
 
-def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
+def draw_randomness(config: Config, batch: dict, key: jax.Array) -> dict:
     """t, eps and the posterior draw for the whole global batch (independent of the accumulation)."""
     shape = latent_shape(config, batch)
     k_t, k_eps, k_post = jax.random.split(key, 3)
@@ -83,7 +84,7 @@ def microbatches(tree: dict, steps: int, mesh: Mesh | None) -> dict:
     return jax.tree.map(cut, tree)
 
 
-def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                  mesh: Mesh | None = None) -> Callable:
     """The train step (state, frozen, batch) -> (state, metrics), not yet jitted."""
     train = config.train

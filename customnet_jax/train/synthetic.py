@@ -17,9 +17,10 @@ import grain
 import numpy as np
 
 from customnet_jax.conditioning import batch
+from customnet_jax.experiment import Config
 
 
-def _example(config: Any, index: int, form: str) -> dict[str, np.ndarray]:
+def _example(config: Config, index: int, form: str) -> dict[str, np.ndarray]:
     """One example in `form`, shaped by conditioning.batch."""
     rng = np.random.default_rng([config.data.shuffle_seed, 17, index])
     fields = batch.fields(config.model, form)
@@ -51,7 +52,7 @@ def _example(config: Any, index: int, form: str) -> dict[str, np.ndarray]:
     return example
 
 
-def _flags(config: Any, position: int) -> dict[str, np.ndarray]:
+def _flags(config: Config, position: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([config.data.shuffle_seed, 23, position])
     train = config.train
     r, low_high, text = rng.uniform(), train.object_latent_dropout, rng.uniform()
@@ -59,7 +60,7 @@ def _flags(config: Any, position: int) -> dict[str, np.ndarray]:
             "drop_text": np.bool_(text < train.text_dropout)}
 
 
-def make_iterator(config: Any, *, process_index: int = 0, process_count: int = 1, batch_size_per_host: int,
+def make_iterator(config: Config, *, process_index: int = 0, process_count: int = 1, batch_size_per_host: int,
                   num_examples: int = 64, form: str = "raw") -> Any:
     """An endless, reshuffled-every-epoch iterator over `num_examples` random examples; `form` 'raw' or
     'precomputed' (the two batch formats of the data pipeline)."""
