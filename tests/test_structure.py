@@ -148,8 +148,10 @@ def test_package_does_not_import_configs():
 LAYERS = (
     {"conditioning", "text", "config", "config_files", "local_models", "model_files"},  # the view T, canvases and
     # pictures; the tokenizer; config files; local transformers folders; model folders' files (checksums, swaps)
-    {"world", "models", "diffusion"},  # the synthetic world; the networks; noise schedules and samplers
-    {"weights", "experiment", "model_folder", "adapters"},  # PyTorch names; the experiment config; model folders
+    {"world", "models", "diffusion", "segmentation"},  # the synthetic world; the networks; noise schedules and
+    # samplers; SAM prompted with a box or points
+    {"weights", "experiment", "model_folder", "adapters", "matting"},  # PyTorch names; the experiment config; model
+    # folders; LoRA adapter files; the object's mask in a user's picture
     {"data", "convert"},  # training data; checkpoint conversion
     {"train", "sampling"},  # the trainer (periodic work comes in as hooks); inference
     {"evaluation", "pairs", "aot"},  # metrics and protocols; training pairs from photos; TPU ahead-of-time compiles

@@ -43,12 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data import images, transforms
+from customnet_jax.conditioning.features import frozen_features
+from customnet_jax.conditioning.images import to_float
+from customnet_jax.conditioning.view import view_from_degrees
+from customnet_jax.data import transforms
 from customnet_jax.diffusion.schedule import alphas_cumprod
 from customnet_jax.evaluation import measures
 from customnet_jax.sampling.builtin_model import condition_object
-from customnet_jax.train.step import conditioning, denoising_loss
+from customnet_jax.train.step import denoising_loss
 from customnet_jax.world import synthetic
 from customnet_jax.world.held_out import held_out_scene, relative_degrees, truth_and_mask
 
@@ -159,7 +161,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                                                             *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False,
-                            background=images.to_float(scene.background) if composition else None).images[:, 0]
+                            background=to_float(scene.background) if composition else None).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]
@@ -223,7 +225,7 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     flags, size = jnp.zeros(num_scenes, bool), config.latent_size
     batch.update(drop_image=flags, drop_object=flags, drop_text=flags,
                  posterior_noise=jnp.zeros((num_scenes, size, size, config.latent_channels)))  # posterior means
-    feats = conditioning(model, types.SimpleNamespace(model=config), batch,
+    feats = frozen_features(model, types.SimpleNamespace(model=config), batch,
                          None if config.is_zero123 else jnp.zeros((1, 1, config.context_dim)))
     alphas = jnp.asarray(alphas_cumprod(pipeline.diffusion))
     noise = jax.random.normal(jax.random.PRNGKey(seed), (len(timesteps), *feats["z0"].shape))

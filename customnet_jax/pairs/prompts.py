@@ -16,36 +16,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from customnet_jax.local_models import load_pretrained, to_device
 from customnet_jax.pairs.sources import Annotations, ImageItem, SkipImage
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    """A SAM prompt in photo pixels. kind: "box" | "point" | "detector" | "center" | "none"."""
-
-    kind: str
-    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1
-    points: tuple[tuple[float, float], ...] = ()
-    label: str | None = None  # the detector query that matched (a subject name)
-    score: float | None = None  # the detector's score
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind}
-        if self.box is not None:
-            out["box"] = [round(float(v), 2) for v in self.box]
-        if self.points:
-            out["points"] = [[round(float(x), 2), round(float(y), 2)] for x, y in self.points]
-        if self.label is not None:
-            out["label"] = self.label
-        if self.score is not None:
-            out["score"] = round(float(self.score), 5)
-        return out
+from customnet_jax.segmentation import Prompt
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,75 +7,22 @@ the highest predicted IoU, and that prediction is the mask's score (what --min-s
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from customnet_jax.local_models import load_pretrained, to_device
-from customnet_jax.pairs.prompts import Prompt
 from customnet_jax.pairs.sources import IMAGE_EXTENSIONS, ImageItem, SkipImage
+from customnet_jax.segmentation import Prompt, SamSegmenter, Segment
 
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    mask: np.ndarray  # bool (H, W), the photo's size
-    score: float  # the segmenter's confidence in [0, 1] (SAM: its predicted IoU); 1 for given masks
+__all__ = ["MaskFolder", "Prompt", "SamSegmenter", "Segment", "Segmenter"]
 
 
 class Segmenter(Protocol):
     needs_prompt: bool
 
     def __call__(self, item: ImageItem, photo: np.ndarray, prompt: Prompt) -> Segment: ...
-
-
-def mask_bbox(mask: np.ndarray) -> list[int]:
-    """Tight box [x, y, w, h] (x = column) of a non-empty bool mask, in its pixels."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if rows.size == 0:
-        raise ValueError("empty mask has no box")
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
-class SamSegmenter:
-    """SAM from a local folder (save_pretrained layout: config.json, weights, processor_config.json)."""
-
-    needs_prompt = True
-
-    def __init__(self, path: str | pathlib.Path, device: str = "cpu", dtype: str = "float32"):
-        from transformers import SamModel, SamProcessor  # heavy model code: the SAM stage only
-
-        self.model, self.processor = load_pretrained(SamModel, SamProcessor, path, "SAM", device, dtype)
-        self.path = str(path)
-
-    def __call__(self, item: ImageItem, photo: np.ndarray, prompt: Prompt) -> Segment:
-        import torch  # optional dependency: the SAM stage only
-
-        if prompt.box is None and not prompt.points:
-            raise SkipImage("segment", f"SAM needs a box or a point; the prompt is {prompt.kind!r}")
-        kwargs = {}
-        if prompt.box is not None:
-            kwargs["input_boxes"] = [[list(prompt.box)]]
-        if prompt.points:
-            kwargs["input_points"] = [[[list(p) for p in prompt.points]]]
-            kwargs["input_labels"] = [[[1] * len(prompt.points)]]
-        batch = self.processor(images=Image.fromarray(photo), return_tensors="pt", **kwargs)
-        inputs = to_device(batch, self.model)
-        multimask = prompt.box is None and len(prompt.points) == 1
-        with torch.no_grad():
-            outputs = self.model(pixel_values=inputs["pixel_values"], input_boxes=inputs.get("input_boxes"),
-                                 input_points=inputs.get("input_points"), input_labels=inputs.get("input_labels"),
-                                 multimask_output=multimask)
-        masks = self.processor.image_processor.post_process_masks(
-            outputs.pred_masks.float().cpu(), batch["original_sizes"], batch["reshaped_input_sizes"])[0]
-        scores = outputs.iou_scores.float().cpu()[0, 0]  # (candidates,)
-        best = int(torch.argmax(scores))
-        mask = masks[0, best].numpy().astype(bool)
-        if mask.shape != photo.shape[:2]:
-            raise RuntimeError(f"SAM mask is {mask.shape}, the photo {photo.shape[:2]}")
-        return Segment(mask, float(scores[best]))
 
 
 class MaskFolder:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from customnet_jax.data.images import to_float
+from customnet_jax.conditioning.images import to_float
 from customnet_jax.sampling.pipeline import Pipeline
 from customnet_jax.world import held_out, synthetic
 

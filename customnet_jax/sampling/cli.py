@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from customnet_jax.data.images import to_float
+from customnet_jax import matting
+from customnet_jax.conditioning.images import to_float
 from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.builtin_model import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER, condition_object, demo_pipeline
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "default: the built-in demo model")
     p.add_argument("--object", help="object picture: RGBA (alpha = object) or RGB on white; default: built-in")
     p.add_argument("--mask", help="object mask picture (white = object) for an RGB object picture")
+    matting.add_flags(p)
     p.add_argument("--bbox", help="x0,y0,x1,y1 in pixels of the model's canvas (256 for the released models) "
                                   "or fractions in [0, 1]; default: the whole canvas")
     p.add_argument("--polar", default="0", help="relative polar angle(s) in degrees: 30, -30,0,30 or -90:90:7")
@@ -109,6 +111,16 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
+    cutout = None  # the object cut out of the user's picture, before any model is loaded
+    if args.object is not None:
+        try:
+            mask = np.asarray(Image.open(args.mask).convert("L")) if args.mask else None
+            cutout = matting.from_args(args, mask)
+        except (ValueError, OSError) as error:
+            print(f"sample.py: error: {error}", file=sys.stderr)
+            return 2
+        for warning in cutout.warnings:
+            print(f"sample.py: warning: {warning}", file=sys.stderr)
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     attention = args.attention
     if attention == "auto":
@@ -127,8 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
     mask = None
-    if args.mask:
-        mask = np.asarray(Image.open(args.mask).convert("L"))
+    if cutout is not None:
+        object_image, mask = cutout.rgb, cutout.mask
     views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                        parse_values(args.radius, "radius"))
     if built_in and args.checkpoint is None and args.azimuth == "0" and args.polar == "0":
@@ -155,8 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
                            background_file=args.background or ("built-in" if background is not None else None),
-                           bf16=args.bf16, attention=attention)
+                           bf16=args.bf16, attention=attention, matting=cutout and cutout.record())
     files = write_results(result, args.out, args.name)
+    if cutout is not None:
+        path = matting.write_object(cutout, pipeline.prepare_object, args.out, args.name)
+        print(f"object: cut out by {cutout.method} matting -> {path} (alpha = the mask)")
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
           f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from flax import nnx
 
+from customnet_jax.experiment import Config
+
 
 @dataclasses.dataclass(frozen=True)
 class StepInfo:
@@ -28,7 +30,7 @@ class StepInfo:
 
     step: int
     workdir: pathlib.Path
-    config: Any  # the run's experiment.Config
+    config: Config
     main: bool  # process 0 (the one that writes files and logs)
     log: Callable[[str], None]
     trainer: Any  # loop.Trainer: the state, the mesh, the compiled step's inputs

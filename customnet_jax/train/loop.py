@@ -25,7 +25,8 @@ from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
 from customnet_jax import model_folder
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
+from customnet_jax.experiment import Config
 from customnet_jax.models.build import model_with_params
 from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.train import sharding as shd
@@ -68,7 +69,7 @@ def default_make_iterator() -> Callable:
         from customnet_jax.data import make_iterator  # tensorflow_datasets: heavy, only for the data pipeline
     except ImportError as error:
         raise RuntimeError("the data pipeline customnet_jax.data.make_iterator is not available "
-                           f"({error}); for a smoke run use train.py --synthetic-data raw|precomputed") from error
+                           f"({error}); smoke run: train.py --set data.source=random_raw") from error
     return make_iterator
 
 
@@ -108,7 +109,7 @@ class MetricsWriter:
 class Trainer:
     """Everything the loop needs, built by `setup` (also used by tests to drive single steps)."""
 
-    config: Any
+    config: Config
     mesh: Any
     graphdef: nnx.GraphDef
     tx: Any
@@ -145,14 +146,14 @@ class Trainer:
         return model_with_params(builder, traverse_util.flatten_dict(params))
 
 
-def null_text_embedding(config: Any, graphdef: nnx.GraphDef, trainable: dict, frozen: dict) -> np.ndarray:
-    """The CLIP text embedding of "" (1, 77, D), computed once: the dropped caption (SPEC §7)."""
+def null_text_embedding(config: Config, graphdef: nnx.GraphDef, trainable: dict, frozen: dict) -> np.ndarray:
+    """The CLIP text embedding of "" (1, 77, D), computed once: the dropped caption (docs/model.md §7)."""
     tokens = tokenize(load_tokenizer(), [""], length=config.model.text_encoder.max_length)
     encode = jax.jit(lambda p, f, t: nnx.merge(graphdef, p, f).encode_text(t))
     return np.asarray(encode(trainable, frozen, tokens))
 
 
-def setup(config: Any, *, devices: list | None = None, log: Callable[[str], None] = print) -> Trainer:
+def setup(config: Config, *, devices: list | None = None, log: Callable[[str], None] = print) -> Trainer:
     """Check the config, make the mesh, initialise (random or `train.init_from`) and place the state."""
     devices = list(jax.devices() if devices is None else devices)
     shd.check_config(config, len(devices), jax.process_count())
@@ -205,7 +206,7 @@ def export_model(trainer: Trainer, path: pathlib.Path, step: int, log: Callable[
         multihost_utils.sync_global_devices("customnet_export")  # every host returns once the folder exists
 
 
-def train(config: Any, workdir: str | pathlib.Path, *, make_iterator: Callable | None = None, resume: bool = True,
+def train(config: Config, workdir: str | pathlib.Path, *, make_iterator: Callable | None = None, resume: bool = True,
           log: Callable[[str], None] | None = None, hooks: Sequence[Hook] = ()) -> dict:
     """Train `config` in `workdir` (resuming from its latest complete checkpoint unless `resume=False`), calling
     each of `hooks` (hooks.py: sample sheets, evaluations...) after every step that its `every` divides.
@@ -238,7 +239,7 @@ class Progress:
     """The progress line and metrics record every `log_every` steps: mean loss and grad norm of the window,
     samples/s and MFU from the window's wall time (minus the time hooks took)."""
 
-    def __init__(self, config: Any, flops: float | None, writer: MetricsWriter, say: Callable[[str], None]):
+    def __init__(self, config: Config, flops: float | None, writer: MetricsWriter, say: Callable[[str], None]):
         self.train_cfg, self.flops, self.writer, self.say = config.train, flops, writer, say
         self.peak = peak_flops(jax.devices()[0].device_kind)
         self.schedule = lr_schedule(config.train)
