@@ -615,7 +615,7 @@ def test_export_takes_the_ema_unless_told_not_to(tmp_path, monkeypatch, export_e
     assert written["params"] == ("EMA weights" if export_ema else "raw weights") and written["ema"] is export_ema
 
 
-@pytest.mark.slow  # compiles a train step and a sampler in-process (7.7 min on the shared, busy 2-core machine)
+@pytest.mark.slow  # compiles a train step and a sampler in-process (41 s with a warm compilation cache)
 def test_hooks_run_after_their_steps_and_the_sample_sheet_hook_writes_the_current_weights(tmp_path):
     """train(hooks=...): each hook runs after every step its `every` divides, with that step's StepInfo; the
     sample-sheet hook (passed in by train.py and the demo recipe: the trainer imports no sampling code) writes a
