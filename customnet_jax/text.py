@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets" / "clip_tokenizer"
 VOCAB_SIZE = 49408
 END_OF_TEXT = 49407
+_LOADING = threading.Lock()  # grain's reader threads may load at once; transformers' lazy import is not thread-safe
 
 
 def load_tokenizer(path: str | pathlib.Path | None = None) -> CLIPTokenizer:
@@ -20,9 +22,13 @@ def load_tokenizer(path: str | pathlib.Path | None = None) -> CLIPTokenizer:
 
     `from_pretrained(folder)` is used on purpose: transformers 5 silently ignores `vocab_file=`/`merges_file=`.
     """
+    with _LOADING:
+        return _load(pathlib.Path(path) if path is not None else ASSETS)
+
+
+def _load(folder: pathlib.Path) -> CLIPTokenizer:
     from transformers import CLIPTokenizer  # heavy (seconds to import): loaded only when a tokenizer is needed
 
-    folder = pathlib.Path(path) if path is not None else ASSETS
     missing = [n for n in ("vocab.json", "merges.txt") if not (folder / n).is_file()]
     if missing:
         raise FileNotFoundError(f"tokenizer folder {folder} lacks {missing}")

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import pathlib
+import subprocess
+import sys
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "customnet_jax"
 
@@ -212,3 +215,23 @@ def test_checker_finds_a_cycle_hidden_in_a_function(tmp_path):
 def test_checker_finds_a_configs_import(tmp_path):
     root = _write(tmp_path, {**FAKE, "fake/tool.py": "def preset():\n    from configs.tiny import tiny_model\n"})
     assert [(i.module, i.line, i.in_function) for i in configs_imports(root)] == [("configs.tiny.tiny_model", 2, True)]
+
+
+def test_a_deferred_heavy_import_is_safe_from_several_threads():
+    """text.load_tokenizer imports transformers on first use, and grain's reader threads call it at once: without
+    its lock 7 of 8 threads failed here with "cannot import name 'CLIPTokenizer'" (transformers' lazy module is not
+    thread-safe). A fresh process, so that the import really happens in the threads."""
+    code = ("import threading, customnet_jax.text as T\n"
+            "errors = []\n"
+            "def load():\n"
+            "    try:\n"
+            "        T.load_tokenizer()\n"
+            "    except Exception as error:\n"
+            "        errors.append(repr(error))\n"
+            "threads = [threading.Thread(target=load) for _ in range(8)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "print(errors)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)})
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
