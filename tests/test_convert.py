@@ -31,7 +31,7 @@ from customnet_jax.convert import (
     text_kv_params,
 )
 from customnet_jax.convert.importers import default_config
-from customnet_jax.convert.layouts import infer_config
+from customnet_jax.convert.shapes import infer_config
 from customnet_jax.model_folder import load_model
 from customnet_jax.weights.rules import CheckpointMismatchError
 from tests.helpers import rel_l2, torch_state_to_numpy

@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from customnet_jax.convert.importers import EXTRA_TENSORS, _bar
-from customnet_jax.convert.layouts import TEXT_PREFIX
 from customnet_jax.convert.readers import open_checkpoint
+from customnet_jax.convert.source import TEXT_PREFIX
 from customnet_jax.convert.writers import SafetensorsWriter, TorchZipWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import load_model

@@ -28,17 +28,10 @@ import numpy as np
 from flax import nnx
 
 import customnet_jax
-from customnet_jax.convert.layouts import (
-    EMA_PREFIX,
-    TEXT_PREFIX,
-    Source,
-    apply_hints,
-    infer_config,
-    open_clip_text,
-    open_source,
-    text_from_shapes,
-)
-from customnet_jax.convert.readers import CheckpointFormatError, LazyTensor
+from customnet_jax.convert.layouts import apply_hints, open_clip_text, open_source
+from customnet_jax.convert.shapes import infer_config, text_from_shapes
+from customnet_jax.convert.source import EMA_PREFIX, TEXT_PREFIX, Source
+from customnet_jax.convert.tensors import CheckpointFormatError, LazyTensor
 from customnet_jax.convert.writers import SafetensorsWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import save_model_folder
