@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
     from customnet_jax.train import synthetic
     from customnet_jax.train.checkpoint import WorkdirInUse
     from customnet_jax.train.loop import train
+    from customnet_jax.train.nonfinite import NonFiniteTrainingError
     from customnet_jax.train.sharding import ConfigError
 
     config = override(load_config(args.config), args.overrides + args.overrides_positional)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
                                           form=args.synthetic_data)
     try:
         return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume)
-    except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
+    except (ConfigError, WorkdirInUse, FileExistsError, NonFiniteTrainingError) as error:  # no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

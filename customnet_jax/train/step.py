@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training_target
 from customnet_jax.train import sharding as shd
+from customnet_jax.train.nonfinite import guard_update
 from customnet_jax.train.optimizer import ema_update
 
 RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens", "drop_image", "drop_object",
@@ -185,7 +186,8 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
         new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
         if "ema" in state:
             new_state["ema"] = ema_update(state["ema"], new_params, train.ema_decay)
-        return new_state, {"loss": loss, "grad_norm": grad_norm}
+        new_state, finite = guard_update(state, new_state, loss, grad_norm)  # a non-finite step changes nothing
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     return step_fn
 
@@ -193,7 +195,7 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
 def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: Any, batch_shardings: Any,
              mesh: Mesh) -> Callable:
     """jax.jit with explicit shardings; the old state is donated."""
-    metrics = {"loss": shd.replicated(mesh), "grad_norm": shd.replicated(mesh)}
+    metrics = {"loss": shd.replicated(mesh), "grad_norm": shd.replicated(mesh), "finite": shd.replicated(mesh)}
     return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
                    out_shardings=(state_shardings, metrics), donate_argnums=(0,))
 
