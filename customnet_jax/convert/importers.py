@@ -16,14 +16,13 @@ import functools
 import hashlib
 import json
 import pathlib
-import shutil
-import tempfile
 import types
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -34,6 +33,7 @@ from customnet_jax.convert.source import EMA_PREFIX, TEXT_PREFIX, Source
 from customnet_jax.convert.tensors import CheckpointFormatError, LazyTensor
 from customnet_jax.convert.writers import SafetensorsWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
+from customnet_jax.model_files import check_replaceable, clean_leftovers
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig
@@ -83,12 +83,16 @@ def _bar(total: int, description: str, enabled: bool) -> Any:
 
 
 def _counting(tensors: Mapping[str, LazyTensor], keys: set[str], bar: Any) -> dict[str, LazyTensor]:
-    """`tensors` with the ones in `keys` advancing `bar` by their size the first time they are read."""
+    """`tensors` with the ones in `keys` advancing `bar` by their size the first time they are read, and refused
+    when they hold NaN or inf (named by their checkpoint key)."""
     seen: set[str] = set()
 
     def wrap(key: str, tensor: LazyTensor) -> LazyTensor:
         def read() -> np.ndarray:
             array = tensor.read()
+            if jnp.issubdtype(array.dtype, jnp.floating) and not np.all(np.isfinite(array)):
+                raise CheckpointFormatError(f"tensor {key} of the checkpoint holds NaN or inf values: refusing to "
+                                            "convert weights that would make black or noise pictures")
             if key not in seen:
                 seen.add(key)
                 bar.update(tensor.nbytes)
@@ -231,8 +235,8 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
     if text_kv_init not in TEXT_KV_INITS:
         raise ValueError(f"--text-kv-init {text_kv_init!r}: use one of {TEXT_KV_INITS}")
     input, output = pathlib.Path(input), pathlib.Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; choose another --output or pass --overwrite")
+    check_replaceable(output.absolute(), overwrite)
+    clean_leftovers(output.absolute(), log)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(input, format, ema))
         if source.format == "clip-text":
@@ -327,35 +331,27 @@ def _check_complete(params: Mapping[Path, np.ndarray], shapes: Mapping[Path, tup
 def _write_folder(output: pathlib.Path, params: dict[Path, np.ndarray], config: CustomNetConfig,
                   diffusion: DiffusionConfig, provenance: dict, tokenizer: pathlib.Path | None,
                   extras: Mapping[str, LazyTensor], key_order: list[str], overwrite: bool, log: Log) -> pathlib.Path:
-    """save_model_folder into a staging name, add the extra tensors, then rename: readers never see half a folder."""
-    output = output.absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
-        # jax arrays, one at a time (orbax saves those without a staging copy); waiting for each transfer lets
-        # its numpy source go at once: async device_puts would keep all the sources alive, a second model copy
-        for path in list(params):
-            params[path] = jax.block_until_ready(jax.device_put(params.pop(path)))
-        staging = save_model_folder(staging_root / "folder", nest(params), config, diffusion, provenance,
-                                    tokenizer=tokenizer)
-        if extras:
-            items = [(k, t.shape, t.dtype) for k, t in extras.items()]
-            writer = SafetensorsWriter(staging / EXTRA_TENSORS, items,
-                                       {"source_key_order": json.dumps(key_order)})
-            try:
-                for tensor in extras.values():
-                    writer.write(tensor.read())
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-        if output.exists():
-            if not overwrite:
-                raise FileExistsError(f"{output} exists; choose another --output or pass --overwrite")
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+    """save_model_folder with the extra tensors added before the folder is published (atomically)."""
+    # jax arrays, one at a time (orbax saves those without a staging copy); waiting for each transfer lets
+    # its numpy source go at once: async device_puts would keep all the sources alive, a second model copy
+    for path in list(params):
+        params[path] = jax.block_until_ready(jax.device_put(params.pop(path)))
+
+    def write_extras(staging: pathlib.Path) -> None:
+        if not extras:
+            return
+        items = [(k, t.shape, t.dtype) for k, t in extras.items()]
+        writer = SafetensorsWriter(staging / EXTRA_TENSORS, items, {"source_key_order": json.dumps(key_order)})
+        try:
+            for tensor in extras.values():
+                writer.write(tensor.read())
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    save_model_folder(output, nest(params), config, diffusion, provenance, tokenizer=tokenizer, overwrite=overwrite,
+                      extra=write_extras)
     size = sum(int(np.prod(v.shape)) for v in params.values())
     log(f"wrote {output}: {size:,} parameters ({'CustomNet' if config.text_encoder else 'Zero-1-to-3'}, "
         f"UNet in_channels {config.unet.in_channels}), {len(extras)} extra tensors kept for export")
