@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from customnet_jax.diffusion.ddim import SCHEDULES
+from customnet_jax.model_folder import read_folder
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.outputs import write_results
+from customnet_jax.sampling.validate import check_pictures, validate_arguments
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
@@ -107,6 +109,11 @@ def enable_compilation_cache() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    try:  # every argument, before any work (the model's canvas size from its config alone)
+        validate_arguments(args, parse_values, lambda: read_folder(args.checkpoint or DEMO_FOLDER).model.resolution)
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     enable_compilation_cache()
     from customnet_jax.demo.measure import condition_object
     from customnet_jax.sampling.demo import default_scene, demo_pipeline
@@ -158,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           guidance=args.guidance, image_guidance=args.image_guidance,
                           text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
                           progress=not args.no_progress)
+        check_pictures(result.latents)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
