@@ -28,11 +28,12 @@ from flax import nnx
 
 import customnet_jax
 from customnet_jax.convert.layouts import apply_hints, open_clip_text, open_source
+from customnet_jax.convert.schedules import diffusion_of
 from customnet_jax.convert.shapes import infer_config, text_from_shapes
 from customnet_jax.convert.source import EMA_PREFIX, TEXT_PREFIX, Source
 from customnet_jax.convert.tensors import CheckpointFormatError, LazyTensor
 from customnet_jax.convert.writers import SafetensorsWriter
-from customnet_jax.diffusion.schedule import DiffusionConfig, betas
+from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.model_files import check_replaceable, clean_leftovers
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
@@ -112,23 +113,6 @@ def read_params(tensors: Mapping[str, LazyTensor], config: CustomNetConfig, igno
         return import_tensors(_counting(tensors, keys, bar), rules, model_shapes(config), ignore=(*IGNORED, *ignore))
     finally:
         bar.close()
-
-
-def diffusion_from_checkpoint(tensors: Mapping[str, LazyTensor], log: Log) -> DiffusionConfig:
-    """The DDPM schedule the checkpoint was trained with, recognised from its `betas` buffer if it has one."""
-    if "betas" not in tensors:
-        return DiffusionConfig()
-    stored = np.asarray(tensors["betas"], np.float64).reshape(-1)
-    candidates = [DiffusionConfig(num_train_timesteps=len(stored))]
-    for schedule in ("scaled_linear", "linear"):
-        start, end = (round(float(v), 8) for v in (stored[0], stored[-1]))
-        if 0 < start < end < 1:
-            candidates.append(DiffusionConfig(len(stored), start, end, schedule))
-    for candidate in candidates:
-        if np.allclose(betas(candidate), stored, rtol=1e-5, atol=0):
-            return candidate
-    log("warning: the checkpoint's `betas` match no scaled_linear / linear schedule; using the default")
-    return DiffusionConfig()
 
 
 # ---------------------------------------------------------------------------------------------- zero123 -> CustomNet
@@ -221,7 +205,8 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
                        ema: bool = False, text_encoder: str | pathlib.Path | None = None,
                        tokenizer: str | pathlib.Path | None = None, text_kv_init: str = "random",
                        background: bool = False, config: CustomNetConfig | None = None, seed: int = 0,
-                       progress: bool = True, overwrite: bool = False, log: Log = print) -> pathlib.Path:
+                       progress: bool = True, overwrite: bool = False, prediction_type: str | None = None,
+                       log: Log = print) -> pathlib.Path:
     """Convert a released checkpoint into a model folder that `model_folder.load_model` reads.
 
     format: auto | customnet | zero123 | diffusers-zero123 (clip-text folders go in `text_encoder`).
@@ -231,6 +216,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
       as Zero-1-to-3).
     background: widen conv_in to 12 input channels with zeros (the composition model's initialisation).
     config: the model config; default: the format's full-size config, sizes fitted to the checkpoint.
+    prediction_type: what the UNet predicts, for files that do not record it (`convert.schedules`).
     """
     if text_kv_init not in TEXT_KV_INITS:
         raise ValueError(f"--text-kv-init {text_kv_init!r}: use one of {TEXT_KV_INITS}")
@@ -280,7 +266,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
             _check_tokenizer(tokenizer_folder, target.text_encoder)
         shapes = model_shapes(target) if target != source_config else None
 
-        diffusion = diffusion_from_checkpoint(source.tensors, log)
+        diffusion = diffusion_of(input, source.metadata, source.tensors, prediction_type, log)
         params = read_params(source.tensors, source_config, source.ignore, progress)
         provenance_init: dict[str, Any] = {}
         text_record = None

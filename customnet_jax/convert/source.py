@@ -39,6 +39,11 @@ class Source:
     ignore: tuple[str, ...] = ()
     _checkpoints: list[Checkpoint] = dataclasses.field(default_factory=list, repr=False)
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The safetensors header metadata of a single-file source (empty otherwise)."""
+        return dict(self._checkpoints[0].metadata) if len(self._checkpoints) == 1 else {}
+
     def close(self) -> None:
         for checkpoint in self._checkpoints:
             checkpoint.close()

@@ -111,16 +111,18 @@ class Checkpoint:
 
 
 def corrupt_error(path: pathlib.Path, error: BaseException) -> CheckpointFormatError:
-    return CheckpointFormatError(f"{path} is a corrupt or truncated checkpoint ({type(error).__name__}: {error}); "
-                                 "download or copy it again")
+    detail = f"{type(error).__name__}: {error}"
+    if "weights_only" in detail:  # torch's refusal text, with advice to load unsafely that we never pass on
+        detail = "its pickle holds objects other than tensors and plain containers"
+    return CheckpointFormatError(f"{path} is a corrupt or truncated checkpoint ({detail}); download or copy it again")
 
 
 def unsafe_message(path: pathlib.Path, names: list[str], where: str = "") -> str:
     """The refusal message for a pickle that asks for code where weights belong."""
     listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return (f"refused {path}: {where or 'its pickle'} would import and call {listed} when loaded by an unsafe "
-            "reader (torch.load without weights_only). That is code, not weights; nothing from the file was "
-            "executed. If this should be a checkpoint, get it again from a trusted source.")
+    return (f"refused {path}: the file asks to run code ({where or 'its pickle'} would import and call {listed}) and "
+            "will not be loaded; nothing from the file was executed. A checkpoint holds weights, not code: if this "
+            "should be one, get it again from a trusted source.")
 
 
 def iter_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, LazyTensor]]:

@@ -30,16 +30,6 @@ from customnet_jax.convert.tensors import (
 )
 
 
-def diagnose_pickle(path: pathlib.Path) -> list[str]:
-    """The globals a bare pickle names, found by the restricted unpickler (inert; errors ignored)."""
-    with open(path, "rb") as f:
-        unpickler = _RestrictedUnpickler(f, None)
-        with contextlib.suppress(Exception):
-            unpickler.load()
-    return unpickler.foreign
-
-
-
 class ForeignObject:
     """What an unknown global in the pickle becomes: an inert record. Never imported, never called."""
 
@@ -246,3 +236,30 @@ def open_restricted(path: pathlib.Path) -> Checkpoint:
         entries.close()
         raise
     return Checkpoint(path, "zip", "restricted-unpickler", obj, foreign=unpickler.foreign, _closers=[entries.close])
+
+
+class _Diagnosis(_RestrictedUnpickler):
+    """Reads a pickle only to list the globals it names: tensors and storages become None."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        return (lambda *args, **kwargs: None) if found in (_rebuild_tensor, _rebuild_parameter) else found
+
+    def persistent_load(self, pid: Any) -> None:
+        return None
+
+
+def diagnose_pickle(path: pathlib.Path) -> list[str]:
+    """The globals a bare pickle (or a legacy PyTorch file: several pickles in a row) names, found by the
+    restricted unpickler (inert; errors ignored)."""
+    foreign: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(8):  # legacy torch.save: magic number, protocol, system info, the object, storage keys
+            unpickler = _Diagnosis(f, None)
+            try:
+                unpickler.load()
+            except Exception:  # noqa: BLE001 - the end of the pickles, or a damaged one: report what was named
+                foreign += [n for n in unpickler.foreign if n not in foreign]
+                break
+            foreign += [n for n in unpickler.foreign if n not in foreign]
+    return foreign
