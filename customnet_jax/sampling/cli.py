@@ -110,7 +110,8 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     try:  # every argument, before any work (the model's canvas size from its config alone)
-        validate_arguments(args, parse_values, lambda: read_folder(args.checkpoint or DEMO_FOLDER).model.resolution)
+        folder = args.checkpoint or (DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER)
+        validate_arguments(args, parse_values, lambda: read_folder(folder).model)
     except ValueError as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2

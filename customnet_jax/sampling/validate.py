@@ -101,14 +101,16 @@ def check_output_folder(path: str) -> None:
                                     "choose another --out") from None
 
 
-def validate_arguments(args: Any, parse_values: Callable[[str, str], list[float]],
-                       resolution: Callable[[], int]) -> None:
-    """Check sample.py's parsed arguments; `parse_values(text, name)` reads a view flag, `resolution()` the
-    model's canvas size (read from its config, without the weights)."""
+def validate_arguments(args: Any, parse_values: Callable[[str, str], list[float]], model: Callable[[], Any]) -> None:
+    """Check sample.py's parsed arguments; `parse_values(text, name)` reads a view flag, `model()` is the model's
+    CustomNetConfig (read from its config.json, without the weights)."""
     for name in RANGES:
         check_views(name, parse_values(getattr(args, name), name))
     if args.bbox:
-        parse_bbox(args.bbox, resolution())
+        parse_bbox(args.bbox, model().resolution)
+    if getattr(args, "background", None) and not model().has_background:
+        raise SamplingArgumentError("--background: this model has no background channels: a background picture "
+                                    "needs the composition model")
     for flag in ("object", "mask", "background"):
         if getattr(args, flag, None):
             check_picture(f"--{flag}", getattr(args, flag))
