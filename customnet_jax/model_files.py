@@ -100,9 +100,19 @@ def nonfinite_tensors(tree: Any) -> list[str]:
     """The names ('unet/conv_in/kernel') of the floating-point leaves of `tree` that hold NaN or inf."""
     leaves = [(kp, x) for kp, x in jax.tree_util.tree_leaves_with_path(tree)
               if jnp.issubdtype(getattr(x, "dtype", np.asarray(x).dtype), jnp.floating)]
-    flags = [jnp.all(jnp.isfinite(x)) if isinstance(x, jax.Array) else np.all(np.isfinite(x)) for _, x in leaves]
-    flags = jax.device_get(flags)
+    on_host = [not isinstance(x, jax.Array) or all(d.platform == "cpu" for d in x.devices()) for _, x in leaves]
+    flags = [bool(np.all(np.isfinite(np.asarray(x)))) if host else None for (_, x), host in zip(leaves, on_host,
+                                                                                                 strict=True)]
+    accelerated = [x for (_, x), host in zip(leaves, on_host, strict=True) if not host]
+    if accelerated:  # one program for all, on the device (host numpy would copy every weight over)
+        results = iter(jax.device_get(_all_finite(accelerated)))
+        flags = [next(results) if flag is None else flag for flag in flags]
     return [_name(kp) for (kp, _), ok in zip(leaves, flags, strict=True) if not ok]
+
+
+@jax.jit
+def _all_finite(arrays: list) -> list:
+    return [jnp.all(jnp.isfinite(x)) for x in arrays]
 
 
 def check_finite(tree: Any, where: str) -> None:
