@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
 
     from customnet_jax.config import load_config, override
     from customnet_jax.train import synthetic
-    from customnet_jax.train.checkpoint import WorkdirInUse
+    from customnet_jax.train.checkpoint import CheckpointRestoreError, CheckpointSaveError, WorkdirInUse
     from customnet_jax.train.loop import train
     from customnet_jax.train.nonfinite import NonFiniteTrainingError
     from customnet_jax.train.sharding import ConfigError
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None, make_iterator=None) -> dict:
                                           form=args.synthetic_data)
     try:
         return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume)
-    except (ConfigError, WorkdirInUse, FileExistsError, NonFiniteTrainingError) as error:  # no traceback
+    except (ConfigError, WorkdirInUse, FileExistsError, NonFiniteTrainingError, CheckpointRestoreError,
+            CheckpointSaveError) as error:  # the user's to fix or know: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

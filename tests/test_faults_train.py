@@ -138,3 +138,81 @@ def test_train_py_exits_non_zero_on_a_diverging_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: stopped at step") and "non-finite" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "model").exists()
+
+
+def _run(workdir, **overrides):
+    from customnet_jax.train.loop import train
+
+    config = get_config(**dict(dict(checkpoint_every=2, async_checkpoints=False, export_model=False), **overrides))
+    return train(config, workdir, make_iterator=poisoned(10**9))
+
+
+def _largest_file(folder: pathlib.Path) -> pathlib.Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+@pytest.mark.slow
+def test_resume_skips_unreadable_checkpoints_and_says_why(tmp_path, capsys):
+    """Checkpoint 6 with a damaged data-iterator state and 4 with a truncated parameter file: the run resumes
+    from 2, names both and why, keeps them (moved aside as <step>.unreadable) and goes on; when none restores,
+    one clear error."""
+    from customnet_jax.train.checkpoint import CheckpointRestoreError
+
+    workdir = tmp_path / "run"
+    _run(workdir, num_steps=6)
+    checkpoints = workdir / "checkpoints"
+    for state_file in (checkpoints / "6" / "data_iter").glob("*.json"):
+        state_file.write_text("{not json")
+    victim = _largest_file(checkpoints / "4" / "state")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    capsys.readouterr()
+    result = _run(workdir, num_steps=8)
+    out = capsys.readouterr().out
+    assert "resumed from the checkpoint of step 2" in out and result["step"] == 8
+    assert "the checkpoint of step 6 does not restore" in out and "the checkpoint of step 4 does not restore" in out
+    assert (checkpoints / "6.unreadable").is_dir() and (checkpoints / "4.unreadable").is_dir()
+    # 4 and 6 written again, 2 rotated out (keep 3)
+    assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["4", "6", "8"]
+
+    for step in ("4", "6", "8"):
+        for state_file in (checkpoints / step / "data_iter").glob("*.json"):
+            state_file.write_text("")
+    with pytest.raises(CheckpointRestoreError, match=r"no checkpoint in .* restores: step 8: .*; step 6: .*; step 4"):
+        _run(workdir, num_steps=10)
+
+
+DISK_FULL = """
+import resource, signal, sys
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+import train
+from test_faults_train import poisoned
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+train.main(sys.argv[3:], make_iterator=poisoned(10**9))
+"""
+
+
+@pytest.mark.slow
+def test_a_failed_save_is_one_clear_error_and_the_next_run_cleans_up(tmp_path):
+    """Checkpoints 2 and 4 written; then a run whose files may not grow past 200 kB (a full disk): the save of
+    step 6 fails with one error line naming step 6, exit non-zero, 2 and 4 intact; the next run removes the
+    leftover and resumes from 4."""
+    import subprocess
+
+    workdir = tmp_path / "run"
+    _run(workdir, num_steps=4)
+    args = ["--config", "tests/train_micro_config.py", "--workdir", str(workdir), "--set", "train.num_steps=8",
+            "--set", "train.checkpoint_every=2", "--set", "train.export_model=False"]
+    env = dict(__import__("os").environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-c", DISK_FULL, str(ROOT), str(200_000), *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode != 0
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "saving the checkpoint of step 6" in errors[0] and "[2, 4]" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    checkpoints = workdir / "checkpoints"
+    assert {"2", "4"} <= {p.name for p in checkpoints.iterdir()} and "6" not in {p.name for p in checkpoints.iterdir()}
+    result = _run(workdir, num_steps=8)
+    assert result["step"] == 8
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["4", "6", "8"]  # no leftover; 2 rotated out (keep 3)

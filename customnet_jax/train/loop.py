@@ -235,9 +235,10 @@ def _train(config: Any, workdir: pathlib.Path, main: bool, make_iterator: Callab
         checkpoints.close()
         raise FileExistsError(f"--no-resume, but {checkpoints.directory} holds checkpoints (latest step {existing}); "
                               "use a new --workdir or remove them to start over")
-    latest = existing
-    if latest is not None:
-        trainer.state, saved_config = checkpoints.restore(latest, abstract_like(trainer.state), iterator)
+    restored = checkpoints.restore_latest(abstract_like(trainer.state), iterator, say) if existing is not None else None
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        latest, trainer.state, saved_config = restored
         step = latest
         differences = config_differences(saved_config, to_dict(config))
         say(f"resumed from the checkpoint of step {latest}"
