@@ -4,10 +4,12 @@ leftovers of a killed writer, same-size corruption of a parameter file, NaN weig
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -17,7 +19,7 @@ sys.path[:0] = [str(ROOT / "tests")]
 from train_micro_config import micro_model  # noqa: E402
 
 from customnet_jax.convert.importers import nest  # noqa: E402
-from customnet_jax.model_files import ModelFileError, NotReplaceableError  # noqa: E402
+from customnet_jax.model_files import ModelFileError, NotReplaceableError, verify_checksums  # noqa: E402
 from customnet_jax.model_folder import load_model, save_model_folder  # noqa: E402
 from customnet_jax.models.build import abstract_model  # noqa: E402
 from customnet_jax.models.customnet import CustomNet  # noqa: E402
@@ -115,11 +117,7 @@ def test_non_finite_weights_are_refused_at_save_and_at_load(params, tmp_path):
     assert not (tmp_path / "nan").exists()
     # a folder written without the check (an older version): refused at load, by name
     path = _save(tmp_path / "old", params)
-    import orbax.checkpoint as ocp
-
     (path / "checksums.json").unlink()
-    import shutil
-
     shutil.rmtree(path / "params")
     ocp.PyTreeCheckpointer().save(path / "params", nest(bad))
     with pytest.raises(ModelFileError, match="refusing to load .*tensor unet/conv_in/kernel holds NaN"):
@@ -128,6 +126,4 @@ def test_non_finite_weights_are_refused_at_save_and_at_load(params, tmp_path):
 
 @pytest.mark.parametrize("name", ["demo_model", "demo_composition_model"])
 def test_shipped_model_folders_carry_matching_checksums(name):
-    from customnet_jax.model_files import verify_checksums
-
     assert verify_checksums(ASSETS / name)
