@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler
 from flax import nnx
 
 from configs.tiny import tiny_model
-from customnet_jax.diffusion import ddim
+from customnet_jax.diffusion.samplers import ddim
 from customnet_jax.diffusion.schedule import DiffusionConfig, alphas_cumprod
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
@@ -31,7 +31,7 @@ ZERO_SNR = DiffusionConfig(prediction_type="v_prediction", zero_terminal_snr=Tru
 
 
 def reference_scheduler(diffusion: DiffusionConfig = SD) -> DDIMScheduler:
-    """diffusers DDIM configured as the original LDM sampler (SPEC §7), or for a zero-terminal-SNR v model."""
+    """diffusers DDIM configured as the original LDM sampler, or for a zero-terminal-SNR v model."""
     zero_snr = diffusion.zero_terminal_snr
     return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          clip_sample=False, set_alpha_to_one=False, steps_offset=0 if zero_snr else 1,
@@ -203,11 +203,12 @@ def test_zero_terminal_snr_model_samples_on_the_trailing_grid(pipeline, object_p
     reads its outputs as v (read as eps, the first step would divide by sqrt(a_T) = 0)."""
     v_pipeline = Pipeline(nnx.merge(pipeline.graphdef, pipeline.state), ZERO_SNR)
     kwargs = dict(bbox=(8, 8, 56, 56), prompt="a red box", steps=4, progress=False)
-    default, trailing = v_pipeline(object_picture, **kwargs), v_pipeline(object_picture, schedule="trailing", **kwargs)
-    assert default.settings["schedule"] == "trailing" and np.isfinite(default.latents).all()
+    default = v_pipeline(object_picture, **kwargs)
+    trailing = v_pipeline(object_picture, sampler_options={"schedule": "trailing"}, **kwargs)
+    assert default.settings["sampler_options"]["schedule"] == "trailing" and np.isfinite(default.latents).all()
     np.testing.assert_array_equal(default.images, trailing.images)
     eps_model = pipeline(object_picture, **kwargs)
-    assert eps_model.settings["schedule"] == "correct"
+    assert eps_model.settings["sampler_options"]["schedule"] == "correct"
     assert rel_l2(eps_model.latents, default.latents) > 0.1
 
 
