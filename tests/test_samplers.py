@@ -161,3 +161,21 @@ def test_zero_terminal_snr_stays_finite(name):
         _, schedule, _ = samplers.make_schedule(name, diffusion, steps)
         out = samplers.get(name).sample(lambda x, t: 0.5 * x, x_T, schedule, jax.random.key(1))
         assert np.isfinite(np.asarray(out)).all(), steps
+
+
+def test_sample_and_eval_share_the_sampling_flags():
+    """sample.py, eval.py protocol and eval.py demo parse the same flags into the same Pipeline keywords; options
+    not given stay out (the sampler's default), so that one a sampler does not take can be refused."""
+    from customnet_jax.evaluation.cli import build_parser as eval_parser
+    from customnet_jax.sampling.cli import build_parser as sample_parser
+    from customnet_jax.sampling.flags import sampling_options
+
+    flags = ["--sampler", "euler", "--steps", "12", "--spacing", "leading"]
+    parsed = [sample_parser().parse_args(flags),
+              eval_parser().parse_args(["protocol", "--out", "o", "--synthetic", "1", *flags]),
+              eval_parser().parse_args(["demo", *flags])]
+    for args in parsed:
+        assert sampling_options(args) == {"sampler": "euler", "steps": 12, "sampler_options": {"spacing": "leading"}}
+    assert sampling_options(sample_parser().parse_args([])) == {"sampler": None, "steps": 50, "sampler_options": {}}
+    assert sampling_options(eval_parser().parse_args(["demo"]))["steps"] == 25
+    assert sampling_options(sample_parser().parse_args(["--eta", "1"]))["sampler_options"] == {"eta": 1.0}
