@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -129,16 +129,8 @@ class Pipeline:
             sampler, sampler_options = self.sampler, {**self.sampler_options, **(sampler_options or {})}
         # checks the name, steps and options before anything is compiled
         _, plan, options = samplers.make_schedule(sampler, self.diffusion, steps, sampler_options)
-        box = conditioning.parse_bbox(bbox if bbox is not None else (0, 0, c.resolution, c.resolution),
-                                      c.resolution)
-        obj = self.prepare_object(object_image, mask)
-        location = conditioning.location_canvas(obj, box, c.resolution)
-        background_canvas = self._background(background, box)
-        view_vectors = parse_views(views)
-        tokens = np.zeros((2, 1), np.int32)
-        if not c.is_zero123:
-            tokens = tokenize(self.tokenizer, [prompt, ""], c.text_encoder.max_length)
-
+        box, obj, location, background_canvas, view_vectors, tokens = self.host_inputs(
+            object_image, bbox, views, prompt, background, mask)
         latent_shape = (num_samples, c.latent_size, c.latent_size, c.latent_channels)
         key = jax.random.key(seed)
         x_T = jax.random.normal(jax.random.fold_in(key, 0), latent_shape, jnp.float32)
@@ -166,6 +158,21 @@ class Pipeline:
         return Result(images, np.asarray(latents).reshape(views_count, num_samples, *latents.shape[1:]), obj,
                       location, settings)
 
+    def host_inputs(self, object_image: Any, bbox: Sequence[float] | None, views: Sequence[Sequence[float]],
+                    prompt: str, background: Any, mask: Any) -> tuple:
+        """The checked inputs as the device program takes them: (box, object, location canvas, background
+        canvas, view vectors (V, 4), tokens of [prompt, ""])."""
+        c = self.config
+        box = conditioning.parse_bbox(bbox if bbox is not None else (0, 0, c.resolution, c.resolution),
+                                      c.resolution)
+        obj = self.prepare_object(object_image, mask)
+        location = conditioning.location_canvas(obj, box, c.resolution)
+        background_canvas = self._background(background, box)
+        tokens = np.zeros((2, 1), np.int32)
+        if not c.is_zero123:
+            tokens = tokenize(self.tokenizer, [prompt, ""], c.text_encoder.max_length)
+        return box, obj, location, background_canvas, parse_views(views), tokens
+
     # -------------------------------------------------------------------------------------- device program
 
     def _on_step(self, index: Any) -> None:
@@ -191,8 +198,21 @@ class Pipeline:
     def _generate_program(self, state, object_image, location, background, views, tokens, x_T, key, noises,
                           scales, plan, *, sampler_name, guidance_terms, progress):
         model = nnx.merge(self.graphdef, state)
+        num_views = views.shape[0]
+        conditions, context, names = self.guidance_inputs(model, object_image, location, background, views, tokens,
+                                                          x_T.shape[0], guidance_terms)
+        model_fn = guided_model_fn(model, conditions, context, names, scales)
+        latents = samplers.get(sampler_name).sample(model_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
+                                                    on_step=self._on_step if progress else None)
+        images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
+        return images, latents
+
+    def guidance_inputs(self, model: CustomNet, object_image: jax.Array, location: jax.Array, background: jax.Array,
+                        views: jax.Array, tokens: jax.Array, num_samples: int,
+                        guidance_terms: tuple[str, ...]) -> tuple[jax.Array, jax.Array, tuple[str, ...]]:
+        """The UNet's conditions and context for every guidance group, stacked: (conditions, context, names)."""
         c = self.config
-        num_views, num_samples = views.shape[0], x_T.shape[0]
+        num_views = views.shape[0]
         batch = num_views * num_samples
         per_view = lambda a: jnp.repeat(a, num_samples, axis=0)  # (V, ...) -> (V*N, ...)
         everywhere = lambda a: jnp.broadcast_to(a, (batch, *a.shape[1:]))  # (1, ...) -> (V*N, ...)
@@ -221,22 +241,25 @@ class Pipeline:
             groups["image"] = (conditions(object_latent), model.context(object_token, null_text))
         if "text" in guidance_terms:
             groups["text"] = (conditions(null_latent), model.context(null_token, text))
-        names = list(groups)
-        all_conditions = jnp.concatenate([groups[n][0] for n in names])
-        all_context = jnp.concatenate([groups[n][1] for n in names])
+        names = tuple(groups)
+        return (jnp.concatenate([groups[n][0] for n in names]), jnp.concatenate([groups[n][1] for n in names]),
+                names)
 
-        def model_fn(x, t):  # the guided output (eps or v: guidance is linear in either)
-            out = model.denoise(jnp.tile(x, (len(names), 1, 1, 1)), jnp.tile(t, len(names)), all_conditions,
-                                all_context)
-            outputs = dict(zip(names, jnp.split(out, len(names)), strict=True))
-            guided = outputs["uncond"] + scales[0] * (outputs["cond"] - outputs["uncond"])
-            if "image" in outputs:
-                guided = guided + scales[1] * (outputs["image"] - outputs["uncond"])
-            if "text" in outputs:
-                guided = guided + scales[2] * (outputs["text"] - outputs["uncond"])
-            return guided
 
-        latents = samplers.get(sampler_name).sample(model_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
-                                                    on_step=self._on_step if progress else None)
-        images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
-        return images, latents
+def guided_model_fn(model: CustomNet, conditions: jax.Array, context: jax.Array, names: tuple[str, ...],
+                    scales: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """model_fn(x, timesteps) for a sampler: all guidance groups in one batched UNet call, combined as
+    e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)] (eps or v: guidance is linear in
+    either)."""
+
+    def model_fn(x, t):
+        out = model.denoise(jnp.tile(x, (len(names), 1, 1, 1)), jnp.tile(t, len(names)), conditions, context)
+        outputs = dict(zip(names, jnp.split(out, len(names)), strict=True))
+        guided = outputs["uncond"] + scales[0] * (outputs["cond"] - outputs["uncond"])
+        if "image" in outputs:
+            guided = guided + scales[1] * (outputs["image"] - outputs["uncond"])
+        if "text" in outputs:
+            guided = guided + scales[2] * (outputs["text"] - outputs["uncond"])
+        return guided
+
+    return model_fn
