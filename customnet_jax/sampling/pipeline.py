@@ -6,7 +6,7 @@ Device side, one compiled program per input shape: CLIP-encode the object once, 
 `lax.scan` with the conditional and unconditional passes batched together, and the VAE decode. One program is
 compiled per (sampler, steps, input shapes).
 
-Guidance: e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
+Guidance (docs/model.md §7): e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
   unconditional = zero object latent, zero object token (after cc_projection), text "" (background kept);
   image-only = the object conditions with text "";  text-only = the text with the object conditions zeroed.
 """
