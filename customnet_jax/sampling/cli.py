@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from customnet_jax import matting
-from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
+from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 from customnet_jax.sampling.outputs import write_results
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -70,14 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", help="background picture (composition model)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
     p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 as Zero-1-to-3's demo")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="DDIM timestep grid: 'original' reproduces the released sampler's dropped first step; "
-                        "default 'trailing' for zero-terminal-SNR models, else 'correct'")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     p.add_argument("--attention", choices=("auto", *ATTENTION_IMPLEMENTATIONS), default="auto",
                    help="the UNet's attention implementation; auto: per_head on a CPU (the benchmark UNet's "
@@ -85,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
+    add_sampling_arguments(p)
     return p
 
 
@@ -168,10 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         background = to_float(example.background)  # the built-in example's own background
     try:
         result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
-                          mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
-                          guidance=args.guidance, image_guidance=args.image_guidance,
-                          text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
-                          progress=not args.no_progress)
+                          mask=mask, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+                          image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                          progress=not args.no_progress, **sampling_options(args))
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
@@ -185,5 +180,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
           f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
-    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "steps", "guidance")}))
+    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "sampler", "steps", "guidance")}))
     return 0
