@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs.tiny import tiny_model
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
 from customnet_jax.sampling import cli
 from customnet_jax.sampling.validate import NonFinitePicturesError, check_pictures
 

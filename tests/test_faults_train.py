@@ -4,7 +4,6 @@ The runs are in-process `train()` calls on the micro model of tests/train_micro_
 precomputed data, wrapped to go bad at a chosen step.
 """
 
-import functools
 import pathlib
 import sys
 
@@ -130,10 +129,10 @@ def test_train_py_exits_non_zero_on_a_diverging_run(tmp_path, capsys):
     import train
 
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--config", "tests/train_micro_config.py", "--synthetic-data", "precomputed",
-                    "--synthetic-examples", "16", "--workdir", str(tmp_path / "run"), "--set", "train.num_steps=40",
-                    "--set", "train.learning_rate=1e12", "--set", "train.checkpoint_every=100"],
-                   make_iterator=functools.partial(synthetic.make_iterator, num_examples=16, form="precomputed"))
+        train.main(["--config", "tests/train_micro_config.py", "--set", "data.source=random_precomputed",
+                    "--set", "data.random_examples=16", "--workdir", str(tmp_path / "run"),
+                    "--set", "train.num_steps=40", "--set", "train.learning_rate=1e12",
+                    "--set", "train.checkpoint_every=100"])
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert err.startswith("error: stopped at step") and "non-finite" in err and err.count("\n") == 1

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
 from customnet_jax.convert.importers import EXTRA_TENSORS, _bar
 from customnet_jax.convert.readers import open_checkpoint
 from customnet_jax.convert.schedules import DIFFUSION_METADATA, diffusion_json_path

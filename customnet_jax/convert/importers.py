@@ -38,6 +38,7 @@ from customnet_jax.model_files import check_replaceable, clean_leftovers
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig
+from customnet_jax.models.conv_in import CONV_IN, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.unet import UNetConfig
 from customnet_jax.text import ASSETS as DEFAULT_TOKENIZER
@@ -134,15 +135,6 @@ def text_kv_params(shapes: Mapping[Path, tuple[int, ...]], params: Mapping[Path,
             bound = 1.0 / np.sqrt(shape[0])  # kernel (in, out): fan_in = context width
             new[path] = rng.uniform(-bound, bound, shape).astype(np.float32)
     return new
-
-
-def widen_conv_in(kernel: np.ndarray, in_channels: int) -> np.ndarray:
-    """conv_in kernel (3, 3, C, O) -> (3, 3, in_channels, O), the new input channels (background latent) zero."""
-    if kernel.shape[2] > in_channels:
-        raise ValueError(f"conv_in already has {kernel.shape[2]} input channels")
-    wide = np.zeros((*kernel.shape[:2], in_channels, kernel.shape[3]), np.float32)
-    wide[:, :, :kernel.shape[2]] = kernel
-    return wide
 
 
 def text_encoder_params(source: Source, config: CLIPTextConfig, progress: bool) -> dict[Path, np.ndarray]:
@@ -274,8 +266,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
             params.update(text_encoder_params(text_source, target.text_encoder, progress))
             text_record = {**_file_record(text_source.files[0], progress), "format": "clip-text"}
         if background:
-            key = ("unet", "conv_in", "kernel")
-            params[key] = widen_conv_in(params[key], target.unet.in_channels)
+            params[CONV_IN] = widen_conv_in(params[CONV_IN], target.unet.in_channels)
             provenance_init["background"] = "conv_in widened with zero kernels for the background latent"
         if shapes is not None:
             added = text_kv_params(shapes, params, text_kv_init, seed)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from customnet_jax.config import from_dict
+from customnet_jax.config_files import from_dict
 from customnet_jax.convert.tensors import CheckpointFormatError, LazyTensor
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 

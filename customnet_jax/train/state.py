@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from customnet_jax.experiment import Config
 from customnet_jax.models.build import abstract_model
+from customnet_jax.models.conv_in import CONV_IN, can_widen, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
 
 TRAINABLE = ("unet", "cc_projection")
-CONV_IN = ("unet", "conv_in", "kernel")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -40,7 +41,7 @@ def is_trainable(path: tuple, value: Any = None) -> bool:
     return path[0] in TRAINABLE
 
 
-def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
+def graphdef_and_shapes(config: Config) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
     model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat))
     graphdef, state = nnx.split(model)
@@ -88,19 +89,7 @@ class InitReport:
         return text
 
 
-def widen_input_channels(source: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A conv kernel (kh, kw, cin, cout) with fewer input channels, zero-padded to `shape` (zero123 did 4 -> 8
-    and the composition model 8 -> 12: the new channels start with no effect). None if it does not fit."""
-    if source.ndim != 4 or len(shape) != 4:
-        return None
-    if source.shape[:2] != shape[:2] or source.shape[3] != shape[3] or source.shape[2] > shape[2]:
-        return None
-    out = np.zeros(shape, np.float32)
-    out[:, :, :source.shape[2]] = source
-    return out
-
-
-def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = None,
+def initial_params(config: Config, shapes: dict, *, folder_params: dict | None = None,
                    source: str = "random") -> tuple[dict, InitReport]:
     """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
     widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""
@@ -116,8 +105,8 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
         elif tuple(value.shape) == tuple(shape):
             out[path] = np.asarray(value, np.float32)
             report.loaded.append(path)
-        elif path == CONV_IN and (wide := widen_input_channels(np.asarray(value), shape)) is not None:
-            out[path] = wide
+        elif path == CONV_IN and can_widen(tuple(value.shape), tuple(shape)):
+            out[path] = widen_conv_in(value, shape[2])
             report.widened.append(path)
         else:
             raise ValueError(f"init_from {source}: parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)} "
