@@ -116,6 +116,7 @@ def make_encoder(model, batch_size: int) -> Encoder:
                   for k in (*IMAGE_KEYS, "tokens")]
         return {k: np.asarray(v)[:n] for k, v in encode(state, *padded).items()}
 
+    run.program = encode  # the jitted program itself, for ahead-of-time compilation (customnet_jax/aot)
     return run
 
 
