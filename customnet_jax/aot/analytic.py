@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
@@ -29,7 +30,7 @@ def matmul_flops(jaxpr: Any) -> float:
         elif name == "conv_general_dilated":
             rhs = eqn.invars[1].aval.shape  # HWIO (NHWC convs): window x input features per output
             total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs[:-1])
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             total += matmul_flops(sub)
     return total
 
