@@ -1,12 +1,13 @@
 # Two entry points on a fresh machine (each creates or reuses .venv):
 #   make sample   run sample.py on the built-in default model
 #   make test     run the test suite (what CI runs)
+#   make test-fast  the suite without the tests marked slow (a few minutes on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample test lint install demo-model
+.PHONY: sample test test-fast lint install demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,10 @@ sample: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # the built-in demo model, from nothing (about 85 minutes on 2 idle CPU cores); resumes if interrupted
 demo-model: $(STAMP)

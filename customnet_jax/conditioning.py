@@ -1,7 +1,7 @@
 """CustomNet's conditioning inputs: viewpoint T, CLIP preprocessing, location and background canvases.
 
 Images are channels-last floats in [-1, 1]. `resize` / `clip_preprocess` run on numpy (host) and jax arrays
-(inside jit) alike; the canvas and image-loading helpers are host-side numpy / PIL (SPEC sections 4, 6, 10).
+(inside jit) alike; the canvas and image-loading helpers are host-side numpy / PIL (docs/model.md §4, §6, §10).
 """
 
 from __future__ import annotations

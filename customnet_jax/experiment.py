@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.models.customnet import CustomNetConfig
@@ -10,8 +11,10 @@ from customnet_jax.models.customnet import CustomNetConfig
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "synthetic" | "views" (zero123 renders) | "pairs" (prepared natural pairs) | "precomputed"
-    source: str = "synthetic"
+    # "synthetic" (the rendered synthetic world) | "views" (zero123 renders) | "pairs" (prepared natural pairs) |
+    # "precomputed" (frozen encoders' outputs) | "random_raw" / "random_precomputed": random in-memory examples in
+    # the raw / precomputed batch form, no files (tests, smoke runs; customnet_jax.train.synthetic)
+    source: Literal["synthetic", "views", "pairs", "precomputed", "random_raw", "random_precomputed"] = "synthetic"
     path: str = ""  # a built tfds dataset folder or a data_dir holding one ("synthetic": built there if missing)
     split: str = "train"
     num_workers: int = 0  # grain worker processes (0: in-process)
@@ -22,11 +25,12 @@ class DataConfig:
     synthetic_examples: int = 4096  # train examples of a synthetic world built on demand
     synthetic_seed: int = 0  # its world seed
     synthetic_world: str = "default"  # its parameters: a name in customnet_jax.data.synthetic.WORLDS
+    random_examples: int = 64  # how many examples the "random_*" sources draw
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The paper's optimisation (SPEC §8) and the condition dropout of SPEC §7."""
+    """The paper's optimisation (docs/model.md §8) and the condition dropout of docs/model.md §7."""
 
     batch_size: int = 96
     num_steps: int = 500_000

@@ -30,7 +30,7 @@ NUM_SYNTHETIC = 24
 
 
 def _reference_T(target_rt, condition_rt) -> np.ndarray:
-    """SPEC §4 / Zero-1-to-3 get_T with the math module, one pair at a time."""
+    """docs/model.md §4 / Zero-1-to-3 get_T with the math module, one pair at a time."""
 
     def spherical(rt):
         x, y, z = -np.asarray(rt, np.float64)[:, :3].T @ np.asarray(rt, np.float64)[:, 3]
@@ -215,7 +215,7 @@ def test_views_placement_and_alpha_modes(tmp_path):
 
 
 def _spec_box(bbox, width, height):
-    """SPEC §10 box arithmetic, written out independently."""
+    """docs/model.md §10 box arithmetic, written out independently."""
     x, y, w, h = bbox
     sx, sy, sw, sh = int(255 * x / width), int(255 * y / height), int(255 * w / width), int(255 * h / height)
     side = int(max(sw, sh) * 256 / 200)
@@ -323,7 +323,7 @@ def test_batch_layout(synthetic_data):
     assert batch["view"].shape == (4, 4) and batch["view"].dtype == np.float32
     assert batch["tokens"].shape == (4, 77) and batch["tokens"].dtype == np.int32
     assert all(batch[k].shape == (4,) and batch[k].dtype == bool for k in DROP_KEYS)
-    # the canvases are made from the record as SPEC §6 says
+    # the canvases are made from the record as docs/model.md §6 says
     batch = next(pipeline.make_iterator(config, process_index=0, process_count=1, batch_size_per_host=4,
                                         keep_id=True))
     tokenizer = load_tokenizer()
@@ -425,6 +425,7 @@ def test_pipeline_deterministic_sharded_resumable(synthetic_data, tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(synthetic_data):
     config = _config(synthetic_data, num_workers=2)
     kw = dict(process_index=0, process_count=1, batch_size_per_host=4, keep_id=True)
@@ -442,6 +443,7 @@ def test_worker_processes_give_the_same_batches(synthetic_data):
 # ---------------------------------------------------------------------------------------------- precompute
 
 
+@pytest.mark.slow
 def test_precompute_matches_the_model(synthetic_data, tmp_path):
     config = _config(synthetic_data)
     model = initialized_model(lambda: CustomNet(config.model, rngs=nnx.Rngs(0)), seed=0)

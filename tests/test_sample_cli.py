@@ -30,6 +30,7 @@ def object_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_multi_view_sheet_and_settings(model_folder, object_file, tmp_path):
     out = tmp_path / "out"
     code = main(["--checkpoint", str(model_folder), "--object", str(object_file), "--azimuth", "-60,0,60",
@@ -77,6 +78,7 @@ def test_value_lists_and_ranges():
         parse_values("a:b", "polar")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("demo", ["prompt", "composition"])
 def test_built_in_demo_models_run_with_no_inputs(tmp_path, demo):
     """`sample.py` (and `--demo composition`) with nothing else: the shipped model, the built-in example's object,

@@ -64,7 +64,9 @@ MODES = {
 }
 
 
-@pytest.fixture(scope="module", params=list(MODES))
+# the 12-channel and Zero-1-to-3 variants (the same code at other sizes) run in the full suite only
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=() if name == "customnet_in8" else pytest.mark.slow)
+                                        for name in MODES])
 def pair(request):
     config = MODES[request.param]
     state = random_ldm_state(config, seed=1)
@@ -79,6 +81,7 @@ def test_parity_with_diffusers(pair):
     assert error <= 1e-4, error
 
 
+@pytest.mark.slow
 def test_per_head_attention_matches_diffusers_and_its_gradient(pair):
     """UNet(attention="per_head") (the CPU path: one (sample, head) at a time, rematerialised) against diffusers,
     and its parameter gradient against the default attention's."""

@@ -46,7 +46,7 @@ def _fail(message: str) -> int:
 def _check(args: argparse.Namespace):
     """Everything that can be refused before compiling: returns (config, target, devices, programs, batches)."""
     from customnet_jax.aot.targets import parse_target
-    from customnet_jax.config import load_config, override
+    from customnet_jax.config_files import load_config, override
     from customnet_jax.train import sharding as shd
 
     programs = [p.strip() for p in args.programs.split(",") if p.strip()]

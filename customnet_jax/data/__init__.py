@@ -33,7 +33,7 @@ Precomputed form (read from a precompute() dataset):
   image_embedding                     float32 (B, D)        CLIP image embedding, before cc_projection
   text_embedding                      float32 (B, 77, D)    (stored float16; absent for Zero-1-to-3 models)
   view, box                           float32 (B, 4)       (box: absent from datasets precomputed before it was stored)
-Both forms: drop_image, drop_object, drop_text bool (B,) (SPEC §7): one r ~ U[0, 1) per sample gives
+Both forms: drop_image, drop_object, drop_text bool (B,) (docs/model.md §7): one r ~ U[0, 1) per sample gives
 drop_image = r < image_dropout and drop_object = lo <= r < hi (object_latent_dropout = (lo, hi)); drop_text is an
 independent draw with probability text_dropout. The training step applies them (zero the CLIP embedding before
 cc_projection / zero the object latent / use the "" caption: its tokens, or its embedding for precomputed

@@ -102,8 +102,8 @@ def bilinear_resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def location_canvas(object_image: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
     """`conditioning.location_canvas` (white canvas, the whole object picture bilinearly resized into the box),
-    also for boxes reaching outside the canvas (the object cropped with them, SPEC §10). object_image float32 in
-    [-1, 1]; box in pixels."""
+    also for boxes reaching outside the canvas (the object cropped with them, docs/model.md §10). object_image
+    float32 in [-1, 1]; box in pixels."""
     inside = clip_box(box, size)
     if inside is None:
         raise ValueError(f"box {tuple(box)} lies outside the {size}x{size} canvas")

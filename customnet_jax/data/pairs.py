@@ -1,7 +1,7 @@
 """Prepared pairs from natural pictures (SAM + zero123 + BLIP-2 output) -> raw records.
 
 Two inputs:
-- a folder of per-photo folders as the original data scripts write them (SPEC §10): input.jpg (the photo =
+- a folder of per-photo folders as the original data scripts write them (docs/model.md §10): input.jpg (the photo =
   target), mask.jpg (object mask), multi_view_NN.jpg (zero123 views of the object on white), meta.json
   {"caption", "bbox": [x, y, w, h] in photo pixels, "view": [[polar, azimuth, radius] degrees per view]},
   optional caption.json {"caption": [...]}. One record per view i: T = view_from_degrees(-polar, -azimuth,
@@ -57,7 +57,8 @@ def _json(path: pathlib.Path) -> dict:
 
 
 def enlarged_box(bbox, width: int, height: int) -> tuple[int, int, int, int]:
-    """SPEC §10: photo bbox [x, y, w, h] -> square (x0, y0, x1, y1) in 256-canvas pixels, side max(w, h) * 256/200."""
+    """docs/model.md §10: photo bbox [x, y, w, h] -> square (x0, y0, x1, y1) in 256-canvas pixels, side
+    max(w, h) * 256/200."""
     x, y, w, h = (float(v) for v in bbox)
     x0, y0 = int(255 * x / width), int(255 * y / height)
     bw, bh = int(255 * w / width), int(255 * h / height)

@@ -1,7 +1,7 @@
 """Encode the frozen parts once: a raw dataset -> a precomputed tfds dataset (no VAE / CLIP in the train step).
 
 Per example: target_mean / target_logvar (VAE posterior of the target, unscaled: the step samples it and scales
-by latent_scale), location_latent / background_latent (posterior mode = mean, unscaled, SPEC §6),
+by latent_scale), location_latent / background_latent (posterior mode = mean, unscaled, docs/model.md §6),
 image_embedding (CLIP, before cc_projection), text_embedding (77 x D, stored float16; only for models with a
 text encoder), view, box (fractions of the side, as in the raw record), plus id and caption. Drop flags are still
 drawn by the pipeline at read time.

@@ -1,7 +1,7 @@
 """Source folders made from the synthetic world, in the layouts the real-data readers take.
 
 `write_views_folder` writes Zero-1-to-3's `views_release` layout (NNN.png RGBA + NNN.npy world->camera),
-`write_photo_folders` the per-photo layout of SPEC §10 (input.jpg, mask.jpg, multi_view_NN.jpg, meta.json,
+`write_photo_folders` the per-photo layout of docs/model.md §10 (input.jpg, mask.jpg, multi_view_NN.jpg, meta.json,
 caption.json), `write_backgrounds` a folder of background pictures. Used as test fixtures and demos.
 """
 
@@ -67,7 +67,7 @@ def write_backgrounds(root: str | pathlib.Path, count: int, size: int, *, seed: 
 
 def write_photo_folders(root: str | pathlib.Path, num_photos: int, views_per_photo: int, *,
                         world: World | None = None, seed: int = 0) -> dict[str, dict]:
-    """Per-photo folders (SPEC §10): a non-square 'photo' of an object in a box on a background, its mask, and
+    """Per-photo folders (docs/model.md §10): a non-square 'photo' of an object in a box on a background, its mask, and
     zero123-like views of the object at relative views (polar, azimuth in +-[0, 60) degrees) with the deltas in
     meta.json. Returns folder name -> {spec, camera, deltas, caption}."""
     root, world = pathlib.Path(root), world or World()

@@ -78,7 +78,7 @@ class DecodePrecomputed(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class DrawDropout(grain.transforms.RandomMap):
-    """SPEC §7 condition-dropout flags: one r ~ U[0, 1) gives drop_image (r < p_image) and drop_object
+    """docs/model.md §7 condition-dropout flags: one r ~ U[0, 1) gives drop_image (r < p_image) and drop_object
     (lo <= r < hi); drop_text is an independent draw with probability p_text. The training step applies them."""
 
     image_dropout: float

@@ -38,7 +38,7 @@ def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
     step's "previous" alpha is alphas_cumprod[0] (= diffusers DDIM with steps_offset=1, set_alpha_to_one=False).
 
     schedule="original" reproduces the released samplers bit for bit: they drop the highest timestep
-    (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (SPEC §7).
+    (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (docs/model.md §7).
     schedule="trailing" ends the grid at the last timestep, T - 1, T - 1 - T/S, ... (diffusers'
     timestep_spacing="trailing"): a zero-terminal-SNR model must start where x_T is pure noise.
     """

@@ -33,7 +33,7 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval.py", description="CustomNet evaluation: DINO-I, CLIP-I, CLIP-T "
-                                "(the paper's table, SPEC §11) and ground-truth measures.")
+                                "(the paper's table, docs/model.md §11) and ground-truth measures.")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("metrics", help="score a folder of generated pictures (sample.py / protocol output)")

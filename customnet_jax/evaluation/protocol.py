@@ -1,4 +1,5 @@
-"""The paper's evaluation protocol (SPEC §11) as a resumable run: objects x prompts x seeds x views, then metrics.
+"""The paper's evaluation protocol (docs/model.md §11) as a resumable run: objects x prompts x seeds x views, then
+metrics.
 
 Layout of a run folder:
 

@@ -1,4 +1,4 @@
-"""CustomNet: the denoising UNet with its frozen encoders and the object/view embedding (SPEC §1, §4).
+"""CustomNet: the denoising UNet with its frozen encoders and the object/view embedding (docs/model.md §1, §4).
 
 Pure Flax, no I/O. The pieces a sampler or a training step needs:
   object_token(object_image, view)   CLIP image embedding ++ T -> cc_projection -> (B, 1, 768)

@@ -5,7 +5,7 @@ and eager construction compiles each initializer; numpy draws the full-size mode
 scheme follows LDM: fan-in scaled normals, zero biases, unit norm scales, and zero-initialised output
 layers of every residual branch (`zero_module` in LDM: res-block conv2, transformer proj_out, the UNet's
 final conv), so a fresh UNet starts as an identity-like map; cc_projection starts as the identity on the
-CLIP columns (SPEC §4).
+CLIP columns (docs/model.md §4).
 """
 
 from __future__ import annotations

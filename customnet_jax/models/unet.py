@@ -2,7 +2,7 @@
 
 Every cross-attention attends to the object token with the original to_k/to_v and, in CustomNet mode,
 to the text tokens with a second pair to_k_text/to_v_text; the two softmax outputs are summed before the
-shared output projection (SPEC §3). With `text_context=False` it is the Zero-1-to-3 UNet.
+shared output projection (docs/model.md §3). With `text_context=False` it is the Zero-1-to-3 UNet.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Attention(nnx.Module):
     """Multi-head attention without q/k/v bias. Self-attention when no context is given.
 
     With `text_kv`, the context is [object tokens | text tokens]: the object part goes through to_k/to_v,
-    the text part through to_k_text/to_v_text, and the two attention outputs are summed (SPEC §3).
+    the text part through to_k_text/to_v_text, and the two attention outputs are summed (docs/model.md §3).
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int, *, text_kv: bool, object_tokens: int,

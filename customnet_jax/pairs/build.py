@@ -1,4 +1,4 @@
-"""Photos -> CustomNet training pairs in the prepared-pairs layout (SPEC §10), resumable and sharded.
+"""Photos -> CustomNet training pairs in the prepared-pairs layout (docs/model.md §10), resumable and sharded.
 
 Per photo: load (upright RGB) -> prompt (box / point / detector / centre) -> segment (SAM or given masks) ->
 filters -> zero123 views at random relative viewpoints -> caption and subject -> write one folder:
@@ -48,7 +48,7 @@ from customnet_jax.pairs.views import ViewMaker, photo_seed, random_views
 log = logging.getLogger(__name__)
 STAGING = ".staging"
 FILES = ("input.jpg", "mask.jpg", "meta.json", "caption.json", "object.json")  # + multi_view_NN.jpg
-ENLARGE = 256 / 200  # SPEC §10: the training box is the square of side max(w, h) * 256/200
+ENLARGE = 256 / 200  # docs/model.md §10: the training box is the square of side max(w, h) * 256/200
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The object is cut out with its mask and centred on white (`conditioning.object_on_white`, longer side 200/256 of
 the canvas, as the zero123 demo and CustomNet's inference do), then sampled at each relative view
 (polar, azimuth, radius) in degrees. Views are drawn per photo from a generator seeded by (seed, photo id), so a
-photo gets the same views whichever process builds it. SPEC §10: polar and azimuth from [0, 60) degrees with
+photo gets the same views whichever process builds it. docs/model.md §10: polar and azimuth from [0, 60) degrees with
 a random sign each; radius 0 unless max_radius > 0 (then uniform in (-max_radius, max_radius)).
 """
 

@@ -5,7 +5,7 @@ Device side, one compiled program per input shape: CLIP-encode the object once, 
 (cc_projection), VAE-encode the canvases, the whole DDIM loop as a `lax.scan` with the conditional and
 unconditional passes batched together, and the VAE decode.
 
-Guidance (SPEC §7): e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
+Guidance (docs/model.md §7): e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
   unconditional = zero object latent, zero object token (after cc_projection), text "" (background kept);
   image-only = the object conditions with text "";  text-only = the text with the object conditions zeroed.
 """

@@ -1,4 +1,4 @@
-"""AdamW as the original (torch defaults, SPEC §8), the text K/V at 10x lr (and optionally cc_projection at a
+"""AdamW as the original (torch defaults, docs/model.md §8), the text K/V at 10x lr (and optionally cc_projection at a
 multiple), warm-up, clipping, and the EMA update.
 
 The 10x group is a per-leaf scale applied after AdamW: torch's AdamW step for a group with lr' = 10 lr is
@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from customnet_jax.experiment import TrainConfig
+
 TEXT_KV = ("to_k_text", "to_v_text")
 
 
-def lr_schedule(train: Any) -> optax.Schedule:
+def lr_schedule(train: TrainConfig) -> optax.Schedule:
     """Linear warm-up from 0 over `warmup_steps`, constant `learning_rate`, then a linear cool-down to 0 over the
     last `cooldown_steps` of `num_steps` (warmup-stable-decay: a run of the stable phase can be extended or
     cooled down later from its checkpoints, since the schedule before the cool-down does not depend on its end)."""
@@ -67,7 +69,7 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(train: Any, params: Any) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig, params: Any) -> optax.GradientTransformation:
     """[clip by global norm] -> AdamW(lr schedule, betas, eps, decoupled weight decay) -> text K/V x multiplier."""
     parts = []
     if train.grad_clip_norm > 0:

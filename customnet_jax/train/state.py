@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from customnet_jax.experiment import Config
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
@@ -41,7 +42,7 @@ def is_trainable(path: tuple, value: Any = None) -> bool:
     return path[0] in TRAINABLE
 
 
-def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
+def graphdef_and_shapes(config: Config) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
     train = config.train
     remat = train.remat and train.remat_policy
@@ -103,7 +104,7 @@ def widen_input_channels(source: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
     return out
 
 
-def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = None,
+def initial_params(config: Config, shapes: dict, *, folder_params: dict | None = None,
                    source: str = "random") -> tuple[dict, InitReport]:
     """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
     widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""

@@ -1,4 +1,4 @@
-"""The training objective (SPEC §7) and the sharded train step: a pure function of (state, frozen, batch).
+"""The training objective (docs/model.md §7) and the sharded train step: a pure function of (state, frozen, batch).
 
 One step, for a global batch of B samples (random draws for the whole batch first, so that gradient
 accumulation does not change them):
@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training_target
+from customnet_jax.experiment import Config
 from customnet_jax.models import layers
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.optimizer import ema_update
@@ -46,7 +47,7 @@ def batch_form(batch: dict) -> str:
     return "precomputed" if "target_mean" in batch else "raw"
 
 
-def latent_shape(config: Any, batch: dict) -> tuple[int, ...]:
+def latent_shape(config: Config, batch: dict) -> tuple[int, ...]:
     b = batch["view"].shape[0]
     if batch_form(batch) == "precomputed":
         return tuple(batch["target_mean"].shape)
@@ -59,7 +60,7 @@ def _mask(flags: jax.Array, x: jax.Array) -> jax.Array:
     return x * keep.reshape(-1, *([1] * (x.ndim - 1)))
 
 
-def conditioning(model: Any, config: Any, batch: dict, null_text: jax.Array | None) -> dict:
+def conditioning(model: Any, config: Config, batch: dict, null_text: jax.Array | None) -> dict:
     """The frozen part of the step: latents and embeddings with the condition dropout applied (no gradient)."""
     mc = config.model
     if batch_form(batch) == "precomputed":
@@ -119,7 +120,7 @@ def denoising_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Arr
     return jnp.mean(per_sample)
 
 
-def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
+def draw_randomness(config: Config, batch: dict, key: jax.Array) -> dict:
     """t, eps and the posterior draw for the whole global batch (independent of the accumulation)."""
     shape = latent_shape(config, batch)
     k_t, k_eps, k_post = jax.random.split(key, 3)
@@ -140,7 +141,7 @@ def microbatches(tree: dict, steps: int, mesh: Mesh | None) -> dict:
     return jax.tree.map(cut, tree)
 
 
-def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                  mesh: Mesh | None = None) -> Callable:
     """The train step (state, frozen, batch) -> (state, metrics), not yet jitted."""
     train = config.train

@@ -6,7 +6,7 @@ global batch, so a run on n hosts sees exactly the batches of a one-host run.
 
 Each example is a fixed random draw (seeded by its index). The object latent / location image is a copy of
 the target, so a model can learn the task (used by the overfitting test). The dropout flags are drawn per
-position in the stream with the config's probabilities (SPEC §7), as the real pipeline does.
+position in the stream with the config's probabilities (docs/model.md §7), as the real pipeline does.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Any
 import grain
 import numpy as np
 
+from customnet_jax.experiment import Config
+
 TOKENS = 77
 
 
-def _example(config: Any, index: int, form: str) -> dict[str, np.ndarray]:
+def _example(config: Config, index: int, form: str) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([config.data.shuffle_seed, 17, index])
     mc = config.model
     r, h, c = mc.resolution, mc.latent_size, mc.latent_channels
@@ -41,7 +43,7 @@ def _example(config: Any, index: int, form: str) -> dict[str, np.ndarray]:
             "tokens": rng.integers(0, vocab, TOKENS).astype(np.int32)}
 
 
-def _flags(config: Any, position: int) -> dict[str, np.ndarray]:
+def _flags(config: Config, position: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([config.data.shuffle_seed, 23, position])
     train = config.train
     r, low_high, text = rng.uniform(), train.object_latent_dropout, rng.uniform()
@@ -49,7 +51,7 @@ def _flags(config: Any, position: int) -> dict[str, np.ndarray]:
             "drop_text": np.bool_(text < train.text_dropout)}
 
 
-def make_iterator(config: Any, *, process_index: int = 0, process_count: int = 1, batch_size_per_host: int,
+def make_iterator(config: Config, *, process_index: int = 0, process_count: int = 1, batch_size_per_host: int,
                   num_examples: int = 64, form: str = "raw") -> Any:
     """An endless, reshuffled-every-epoch iterator over `num_examples` random examples; `form` 'raw' or
     'precomputed' (the two batch formats of the data pipeline)."""
