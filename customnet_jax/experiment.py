@@ -48,6 +48,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, fp32 master weights and optimizer state
     remat: bool = False
+    remat_policy: str = "full"  # with remat: "full", "dots" (keep matmul outputs), "offload" (models/layers.py)
+    attention: str = ""  # layers.attention's implementation: "" (jax's choice), "xla", "per_head", "splash" (TPU)
     image_dropout: float = 0.10  # r < 0.10: zero the CLIP image embedding before cc_projection
     object_latent_dropout: tuple[float, float] = (0.05, 0.15)  # 0.05 <= r < 0.15: zero the object latent
     text_dropout: float = 0.15  # caption -> "" (0.5 for the composition model)
