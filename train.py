@@ -98,14 +98,16 @@ def main(argv: list[str] | None = None, make_iterator: Callable | None = None) -
     config = load(args)
 
     from customnet_jax.sampling.training_sheets import sample_sheet_hooks
-    from customnet_jax.train.checkpoint import WorkdirInUse
+    from customnet_jax.train.checkpoint import CheckpointRestoreError, CheckpointSaveError, WorkdirInUse
     from customnet_jax.train.loop import train
+    from customnet_jax.train.nonfinite import NonFiniteTrainingError
     from customnet_jax.train.sharding import ConfigError
 
     try:
         return train(config, args.workdir, make_iterator=make_iterator or random_iterator(config),
                      resume=args.resume, hooks=sample_sheet_hooks(config.train))
-    except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
+    except (ConfigError, WorkdirInUse, FileExistsError, NonFiniteTrainingError, CheckpointRestoreError,
+            CheckpointSaveError) as error:  # the user's to fix or know: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

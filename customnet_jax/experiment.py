@@ -48,6 +48,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, fp32 master weights and optimizer state
     remat: bool = False
+    remat_policy: str = "full"  # with remat: "full", "dots" (keep matmul outputs), "offload" (models/layers.py)
+    attention: str = ""  # layers.attention's implementation: "" (jax's choice), "xla", "per_head", "splash" (TPU)
     image_dropout: float = 0.10  # r < 0.10: zero the CLIP image embedding before cc_projection
     object_latent_dropout: tuple[float, float] = (0.05, 0.15)  # 0.05 <= r < 0.15: zero the object latent
     text_dropout: float = 0.15  # caption -> "" (0.5 for the composition model)
@@ -63,6 +65,8 @@ class TrainConfig:
     sample_prompt: str = ""  # their caption (CustomNet models)
     export_model: bool = True  # write the trained weights as a model folder <workdir>/model at the end
     export_ema: bool = True  # export the EMA weights when ema_decay > 0 (False: the raw weights)
+    nonfinite_policy: str = "stop"  # a step with a NaN/inf loss, gradient or update is skipped; "stop": stop after
+    nonfinite_patience: int = 5  # this many in a row (docs/faults.md); "skip": skip them and go on
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 from diffusers import DDIMScheduler
 from flax import nnx
 
-from customnet_jax.diffusion import ddim
+from customnet_jax.diffusion.samplers import ddim
 from customnet_jax.diffusion.schedule import DiffusionConfig, alphas_cumprod
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
@@ -209,11 +209,12 @@ def test_zero_terminal_snr_model_samples_on_the_trailing_grid(pipeline, object_p
     reads its outputs as v (read as eps, the first step would divide by sqrt(a_T) = 0)."""
     v_pipeline = Pipeline(nnx.merge(pipeline.graphdef, pipeline.state), ZERO_SNR)
     kwargs = dict(bbox=(8, 8, 56, 56), prompt="a red box", steps=4, progress=False)
-    default, trailing = v_pipeline(object_picture, **kwargs), v_pipeline(object_picture, schedule="trailing", **kwargs)
-    assert default.settings["schedule"] == "trailing" and np.isfinite(default.latents).all()
+    default = v_pipeline(object_picture, **kwargs)
+    trailing = v_pipeline(object_picture, sampler_options={"schedule": "trailing"}, **kwargs)
+    assert default.settings["sampler_options"]["schedule"] == "trailing" and np.isfinite(default.latents).all()
     np.testing.assert_array_equal(default.images, trailing.images)
     eps_model = pipeline(object_picture, **kwargs)
-    assert eps_model.settings["schedule"] == "correct"
+    assert eps_model.settings["sampler_options"]["schedule"] == "correct"
     assert rel_l2(eps_model.latents, default.latents) > 0.1
 
 

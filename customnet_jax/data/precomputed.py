@@ -106,6 +106,7 @@ def make_encoder(model, batch_size: int) -> Encoder:
                   for k in ENCODER_INPUTS]
         return {k: np.asarray(v)[:n] for k, v in encode(state, *padded).items()}
 
+    run.program = encode  # the jitted program itself, for ahead-of-time compilation (customnet_jax/aot)
     return run
 
 

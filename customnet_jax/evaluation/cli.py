@@ -19,12 +19,12 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.evaluation import protocol as P
 from customnet_jax.evaluation.embedders import ClipEmbedder, DinoEmbedder, require_torch
 from customnet_jax.evaluation.report import format_table, write_report
 from customnet_jax.sampling.builtin_model import DEMO_FOLDER, demo_pipeline
 from customnet_jax.sampling.cli import _join_negative_values, enable_compilation_cache, parse_values, views_from
+from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 from customnet_jax.sampling.pipeline import Pipeline
 
 
@@ -83,10 +83,8 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
                                   "(default 0.15,0.15,0.85,0.85)")
     r.add_argument("--background", help="background picture for a composition model (objects without their own)")
     r.add_argument("--num-samples", type=int, default=1)
-    r.add_argument("--steps", type=int, default=50)
     r.add_argument("--guidance", type=float, default=3.0)
-    r.add_argument("--eta", type=float, default=0.0)
-    r.add_argument("--schedule", choices=SCHEDULES, default=None, help="DDIM grid (default: the model's)")
+    add_sampling_arguments(r)
     r.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)
@@ -141,14 +139,17 @@ def _protocol(args: argparse.Namespace) -> int:
     except ValueError:
         raise SystemExit(f"--seeds {args.seeds!r}: give comma-separated integers") from None
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else P.DEFAULT_BBOX
+    chosen = sampling_options(args)
+    if chosen["sampler"] is None:  # the model's default sampler, recorded in protocol.json
+        chosen.update(sampler=pipeline.sampler, sampler_options={**pipeline.sampler_options,
+                                                                 **chosen["sampler_options"]})
     protocol = P.Protocol(
         objects=objects, prompts=prompts[: args.num_prompts], seeds=seeds,
         views=P.protocol_views(views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                                           parse_values(args.radius, "radius"))),
         bbox=bbox, template=args.template,
         background=str(pathlib.Path(args.background).resolve()) if args.background else None,
-        num_samples=args.num_samples, steps=args.steps, guidance=args.guidance, eta=args.eta,
-        schedule=args.schedule, model=label)
+        num_samples=args.num_samples, guidance=args.guidance, model=label, **chosen)
     print(f"model: {label}\n{P.grid_summary(protocol)} -> {out}")
     summary = P.run_protocol(pipeline, protocol, out)
     print(f"sampled {summary['sampled']}, already done {summary['skipped']} of {summary['cells']} cells "

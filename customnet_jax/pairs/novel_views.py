@@ -81,5 +81,6 @@ class ViewSynthesizer:
 
     def __call__(self, photo: np.ndarray, mask: np.ndarray, views: list[list[float]], seed: int) -> np.ndarray:
         result = self.pipeline(self.object_image(photo, mask), views=views, num_samples=1, seed=seed,
-                               steps=self.steps, guidance=self.guidance, eta=self.eta, progress=False)
+                               steps=self.steps, guidance=self.guidance, sampler="ddim",
+                               sampler_options={"eta": self.eta}, progress=False)
         return result.images[:, 0]

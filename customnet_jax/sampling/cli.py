@@ -17,11 +17,13 @@ from PIL import Image
 
 from customnet_jax import matting
 from customnet_jax.conditioning.images import to_float
-from customnet_jax.diffusion.ddim import SCHEDULES
+from customnet_jax.model_folder import read_folder
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.builtin_model import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER, condition_object, demo_pipeline
+from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 from customnet_jax.sampling.outputs import write_results
 from customnet_jax.sampling.pipeline import Pipeline
+from customnet_jax.sampling.validate import check_pictures, validate_arguments
 from customnet_jax.world.held_out import default_scene
 
 VALUE_FLAGS = ("--polar", "--azimuth", "--radius", "--bbox")
@@ -73,14 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", help="background picture (composition model)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
     p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 as Zero-1-to-3's demo")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="DDIM timestep grid: 'original' reproduces the released sampler's dropped first step; "
-                        "default 'trailing' for zero-terminal-SNR models, else 'correct'")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     p.add_argument("--attention", choices=("auto", *ATTENTION_IMPLEMENTATIONS), default="auto",
                    help="the UNet's attention implementation; auto: per_head on a CPU (the benchmark UNet's "
@@ -88,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
+    add_sampling_arguments(p)
     return p
 
 
@@ -110,6 +108,12 @@ def enable_compilation_cache() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    try:  # every argument, before any work (the model's canvas size from its config alone)
+        folder = args.checkpoint or (DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER)
+        validate_arguments(args, parse_values, lambda: read_folder(folder).model)
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     enable_compilation_cache()
     cutout = None  # the object cut out of the user's picture, before any model is loaded
     if args.object is not None:
@@ -158,10 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         background = to_float(example.background)  # the built-in example's own background
     try:
         result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
-                          mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
-                          guidance=args.guidance, image_guidance=args.image_guidance,
-                          text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
-                          progress=not args.no_progress)
+                          mask=mask, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+                          image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                          progress=not args.no_progress, **sampling_options(args))
+        check_pictures(result.latents)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
@@ -175,5 +179,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
           f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
-    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "steps", "guidance")}))
+    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "sampler", "steps", "guidance")}))
     return 0

@@ -33,6 +33,7 @@ from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
 from customnet_jax.train.hooks import Hook, StepInfo, due
+from customnet_jax.train.nonfinite import NonFiniteGuard
 from customnet_jax.train.optimizer import lr_schedule, make_optimizer
 from customnet_jax.train.step import abstract_batch, jit_step, make_step_fn
 
@@ -239,8 +240,9 @@ class Progress:
     """The progress line and metrics record every `log_every` steps: mean loss and grad norm of the window,
     samples/s and MFU from the window's wall time (minus the time hooks took)."""
 
-    def __init__(self, config: Config, flops: float | None, writer: MetricsWriter, say: Callable[[str], None]):
-        self.train_cfg, self.flops, self.writer, self.say = config.train, flops, writer, say
+    def __init__(self, config: Config, flops: float | None, writer: MetricsWriter, guard: NonFiniteGuard,
+                 say: Callable[[str], None]):
+        self.train_cfg, self.flops, self.writer, self.guard, self.say = config.train, flops, writer, guard, say
         self.peak = peak_flops(jax.devices()[0].device_kind)
         self.schedule = lr_schedule(config.train)
         self.losses: list[float] = []
@@ -262,6 +264,7 @@ class Progress:
         self.losses.extend(float(v["loss"]) for v in values)
         self.say(_format_progress(record, self.train_cfg.num_steps))
         self.writer.write(record)
+        self.guard.observe(step, values, self.say)  # raises when the non-finite policy says stop
         self.pending, self.window_start, self.window_steps = [], time.time(), 0
 
     def exclude(self, seconds: float) -> None:
@@ -285,14 +288,17 @@ class Run:
         checkpoints = Checkpointer(self.workdir / "checkpoints", every=train_cfg.checkpoint_every,
                                    keep=train_cfg.keep_checkpoints, use_async=train_cfg.async_checkpoints)
         writer, preemption = None, PreemptionFlag()
+        guard = NonFiniteGuard(train_cfg.nonfinite_policy, train_cfg.nonfinite_patience)
         try:
             latest = self.restore(checkpoints, resume)
             writer = MetricsWriter(self.workdir, self.main)
             step, stopped, saved_step, losses = latest or 0, "done", latest, []
             if step >= train_cfg.num_steps:
                 self.say(f"already trained: step {step} >= train.num_steps {train_cfg.num_steps}")
+                guard.finish(step, [], self.say)
             else:
-                step, stopped, saved_step, losses = self.steps(step, saved_step, checkpoints, writer, preemption)
+                step, stopped, saved_step, losses = self.steps(step, saved_step, checkpoints, writer, guard,
+                                                               preemption)
             if saved_step != step:
                 checkpoints.save(step, self.trainer.state, self.iterator, self.trainer.config, force=True)
                 self.say(f"checkpoint of step {step} started ({stopped})")
@@ -306,23 +312,24 @@ class Run:
         return step, stopped, losses
 
     def restore(self, checkpoints: Checkpointer, resume: bool) -> int | None:
-        """The latest complete checkpoint's step (its state and data position restored), None if there is none."""
-        latest = checkpoints.latest_step()
-        if latest is None:
+        """The step of the newest checkpoint that restores (its state and data position restored; damaged newer
+        ones are skipped, checkpoint.py), None if there is none."""
+        existing = checkpoints.latest_step()
+        if existing is None:
             return None
         if not resume:
             raise FileExistsError(f"--no-resume, but {checkpoints.directory} holds checkpoints (latest step "
-                                  f"{latest}); use a new --workdir or remove them to start over")
+                                  f"{existing}); use a new --workdir or remove them to start over")
         config = self.trainer.config
-        self.trainer.state, saved_config = checkpoints.restore(latest, abstract_like(self.trainer.state),
-                                                               self.iterator)
+        latest, self.trainer.state, saved_config = checkpoints.restore_latest(abstract_like(self.trainer.state),
+                                                                              self.iterator, self.say)
         differences = config_differences(saved_config, to_dict(config))
         self.say(f"resumed from the checkpoint of step {latest}"
                  + (f"; config changed since: {'; '.join(differences)}" if differences else ""))
         return latest
 
     def steps(self, step: int, saved_step: int | None, checkpoints: Checkpointer, writer: MetricsWriter,
-              preemption: PreemptionFlag) -> tuple[int, str, int | None, list[float]]:
+              guard: NonFiniteGuard, preemption: PreemptionFlag) -> tuple[int, str, int | None, list[float]]:
         """Compile, then step until train.num_steps or a preemption -> (step, stopped, last saved step, losses)."""
         trainer, config = self.trainer, self.trainer.config
         batch = next(self.iterator)
@@ -331,13 +338,15 @@ class Run:
         flops = step_flops(compiled, config.train.grad_accum_steps)
         self.say(f"compiled the train step in {time.time() - started:.1f} s"
                  + (f"; {flops / 1e9:.3g} GFLOP per device per step" if flops else ""))
-        progress, stopped = Progress(config, flops, writer, self.say), "done"
+        progress, stopped = Progress(config, flops, writer, guard, self.say), "done"
         while step < config.train.num_steps:
             batch = next(self.iterator) if batch is None else batch
             trainer.state, metrics = compiled(trainer.state, trainer.frozen, shd.global_batch(batch, trainer.mesh))
             batch, step = None, step + 1
             progress.add(step, metrics)
-            if checkpoints.save(step, trainer.state, self.iterator, config):
+            if step % config.train.checkpoint_every == 0:  # the save reads the state anyway: read the flags too
+                guard.observe(step, jax.device_get(progress.pending), self.say)
+            if guard.safe_to_save() and checkpoints.save(step, trainer.state, self.iterator, config):
                 saved_step = step
                 self.say(f"checkpoint of step {step} started")
             if hooks := due(self.hooks, step):
@@ -349,4 +358,5 @@ class Run:
             if preemption.should_stop():
                 stopped = "preempted"
                 break
+        guard.finish(step, jax.device_get(progress.pending), self.say)  # a bad streak at the end: no save
         return step, stopped, saved_step, progress.losses

@@ -32,9 +32,10 @@ TRAINABLE = ("unet", "cc_projection")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool = False) -> Callable:
+def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool | str = False,
+                  attention: str | None = None) -> Callable:
     dtype = COMPUTE_DTYPES[compute_dtype]
-    return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat)
+    return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat, attention=attention)
 
 
 def is_trainable(path: tuple, value: Any = None) -> bool:
@@ -44,7 +45,9 @@ def is_trainable(path: tuple, value: Any = None) -> bool:
 
 def graphdef_and_shapes(config: Config) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
-    model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat))
+    train = config.train
+    remat = train.remat and train.remat_policy
+    model = abstract_model(model_builder(config.model, train.compute_dtype, remat, train.attention or None))
     graphdef, state = nnx.split(model)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
