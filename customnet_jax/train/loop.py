@@ -151,7 +151,7 @@ def setup(config: Any, *, devices: list | None = None, log: Callable[[str], None
     folder = config.train.init_from
     flat, report = st.initial_params(config, shapes, folder_params=st.read_init_folder(folder) if folder else None,
                                      source=folder or "random")
-    trainable, frozen_params = st.split_params(flat)
+    trainable, frozen_params = st.split_params(flat, config.train.trainable)
     log(f"parameters: {report.summary()}; trained {_count(trainable):,}, frozen {_count(frozen_params):,}")
     frozen = {"params": frozen_params}
     if not config.model.is_zero123:

@@ -1,8 +1,8 @@
 """The train state: a plain pytree of dicts, so that jit shardings, donation and orbax need nothing special.
 
-    state  = {"params": trainable (UNet + cc_projection), "opt_state": optax state, "step": int32 (),
-              "rng": uint32 (2,) base key, ["ema": EMA of params]}          updated by every step, checkpointed
-    frozen = {"params": VAE + CLIP image (+ CLIP text) encoders, ["null_text": (1, 77, D) embedding of ""]}
+    state  = {"params": trainable (train.trainable: UNet + cc_projection by default), "opt_state": optax state,
+              "step": int32 (), "rng": uint32 (2,) base key, ["ema": EMA of params]}  updated every step, checkpointed
+    frozen = {"params": the rest (VAE, CLIP encoders; a LoRA's base), ["null_text": (1, 77, D) embedding of ""]}
              rebuilt at start (from `init_from` or the seed), never updated, not checkpointed
 
 The model structure is an `nnx.GraphDef`; `nnx.merge(graphdef, state["params"], frozen["params"])` gives the
@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from customnet_jax.experiment import TRAINABLE
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
+from customnet_jax.models.param_rules import compile_rules, first_match, is_bool
 
-TRAINABLE = ("unet", "cc_projection")
 CONV_IN = ("unet", "conv_in", "kernel")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -35,9 +36,10 @@ def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat:
     return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat)
 
 
-def is_trainable(path: tuple, value: Any = None) -> bool:
+def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool:
+    """Whether `path` trains under the (regex, bool) `rules` (train.trainable); first match wins."""
     del value
-    return path[0] in TRAINABLE
+    return first_match(compile_rules(rules, "train.trainable", is_bool, "True or False"), path, "train.trainable")
 
 
 def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
@@ -48,10 +50,14 @@ def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
     return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
 
 
-def split_params(flat: dict) -> tuple[dict, dict]:
-    """Flat path -> array  ->  (trainable nested dict, frozen nested dict)."""
-    trainable = {p: v for p, v in flat.items() if is_trainable(p)}
-    frozen = {p: v for p, v in flat.items() if not is_trainable(p)}
+def split_params(flat: dict, rules: Any = TRAINABLE) -> tuple[dict, dict]:
+    """Flat path -> array  ->  (trainable nested dict, frozen nested dict), by the (regex, bool) `rules`."""
+    compiled = compile_rules(rules, "train.trainable", is_bool, "True or False")
+    trains = {p: first_match(compiled, p, "train.trainable") for p in flat}
+    if not any(trains.values()):
+        raise ValueError("train.trainable: no parameter trains; the rules select none of the model's parameters")
+    trainable = {p: v for p, v in flat.items() if trains[p]}
+    frozen = {p: v for p, v in flat.items() if not trains[p]}
     return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 
 
@@ -105,8 +111,10 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
     """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
     widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""
     if folder_params is None:
-        return random_params(shapes, config.train.seed), InitReport("random", fresh=sorted(shapes, key=str))
-    fresh_values = random_params({p: s for p, s in shapes.items() if p not in folder_params}, config.train.seed)
+        report = InitReport("random", fresh=sorted(shapes, key=str))
+        return random_params(shapes, config.train.seed, config.init), report
+    fresh_values = random_params({p: s for p, s in shapes.items() if p not in folder_params}, config.train.seed,
+                                 config.init)
     out, report = {}, InitReport(source)
     for path, shape in shapes.items():
         value = folder_params.get(path)
