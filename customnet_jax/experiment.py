@@ -1,4 +1,5 @@
-"""One experiment = one config file in configs/ returning `Config`: model, diffusion, data, training, mesh, init."""
+"""One experiment = one config file in configs/ returning `Config`: model, diffusion, data, training, mesh, init,
+LoRA."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.models.customnet import CustomNetConfig
 from customnet_jax.models.init import ModelInit
+from customnet_jax.models.lora import LoraConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +86,4 @@ class Config:
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
     init: ModelInit = ModelInit()  # how fresh parameters start: (regex, initialiser) rules
+    lora: LoraConfig = LoraConfig()  # rank > 0: low-rank adapters on the UNet (configs/lora.py, docs/lora.md)

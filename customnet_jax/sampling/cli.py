@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from customnet_jax.adapters import adapt_pipeline, add_lora_flags, read_specs
 from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.outputs import write_results
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
+    add_lora_flags(p)
     return p
 
 
@@ -108,6 +110,11 @@ def enable_compilation_cache() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     enable_compilation_cache()
+    try:
+        adapters = read_specs(args.lora)  # before the model is loaded: a bad file or scale fails fast
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     from customnet_jax.demo.measure import condition_object
     from customnet_jax.sampling.demo import default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
@@ -127,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         composition = args.demo == "composition"
         pipeline, label = demo_pipeline(DEMO_COMPOSITION_FOLDER if composition else DEMO_FOLDER, dtype,
                                         in_channels=12 if composition else 8, attention=attention)
+    try:  # LoRA adapters (customnet_jax/adapters.py), checked against the model before anything compiles
+        pipeline = adapt_pipeline(pipeline, adapters, merge=not args.lora_apart)
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
+    label += "".join(f" + LoRA {a.path}:{a.scale:g}" for a in adapters)
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object

@@ -25,6 +25,7 @@ from flax import nnx
 from customnet_jax.config import to_dict
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
+from customnet_jax.train.adapter_export import export_adapter
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
 from customnet_jax.train.optimizer import lr_schedule, make_optimizer
 from customnet_jax.train.step import abstract_batch, jit_step, make_step_fn
@@ -301,7 +302,10 @@ def _train(config: Any, workdir: pathlib.Path, main: bool, make_iterator: Callab
         metrics_out.close()
         preemption.restore_handlers()
     if stopped == "done" and train_cfg.export_model:
-        export_model(trainer, workdir / "model", step, say)
+        if config.lora.enabled:  # the LoRA export step: the adapters alone
+            export_adapter(trainer, workdir / "adapter.safetensors", step, say)
+        else:
+            export_model(trainer, workdir / "model", step, say)
     return {"step": step, "stopped": stopped, "losses": losses}
 
 
@@ -322,7 +326,7 @@ def write_sample_sheet(trainer: Trainer, workdir: pathlib.Path, step: int, log: 
     if jax.process_index() != 0:
         return
     config = trainer.config
-    model = model_with_params(st.model_builder(config.model, config.train.compute_dtype),
+    model = model_with_params(st.model_builder(config.model, config.train.compute_dtype, lora=config.lora),
                               traverse_util.flatten_dict(params))
     if trainer.sampler is None:
         trainer.sampler = Pipeline(model, config.diffusion)

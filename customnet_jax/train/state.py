@@ -25,15 +25,18 @@ from customnet_jax.experiment import TRAINABLE
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
+from customnet_jax.models.lora import LoraConfig, adapt
 from customnet_jax.models.param_rules import compile_rules, first_match, is_bool
 
 CONV_IN = ("unet", "conv_in", "kernel")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool = False) -> Callable:
+def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool = False,
+                  lora: LoraConfig | None = None) -> Callable:
+    """The model's constructor (with low-rank adapters when `lora.rank` > 0), for `abstract_model`."""
     dtype = COMPUTE_DTYPES[compute_dtype]
-    return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat)
+    return lambda: adapt(CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat), lora or LoraConfig())
 
 
 def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool:
@@ -44,7 +47,7 @@ def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool
 
 def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
-    model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat))
+    model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat, config.lora))
     graphdef, state = nnx.split(model)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
