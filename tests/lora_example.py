@@ -96,6 +96,7 @@ def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log
     held_out = features(base_model, config, range(held_out_scenes), world_seed=2)
     trainer = loop.setup(config, log=log)
     start = traverse_util.flatten_dict(trainer.full_params(use_ema=False))
+    initial = jax.tree.map(np.asarray, jax.device_get(trainer.state["params"]))  # the state is donated below
     before = held_out_loss(trainer, held_out)
     source = batches(train, config.train.batch_size)
     first = next(source)
@@ -112,15 +113,48 @@ def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log
     end = traverse_util.flatten_dict(trainer.full_params(use_ema=False))
     changed = sorted({"/".join(map(str, p)) for p in start if not np.array_equal(start[p], end[p])})
     return {"losses": losses, "before": before, "after": after, "changed": changed, "trainer": trainer,
-            "config": config}
+            "config": config, "initial": initial, "held_out": held_out}
+
+
+def with_params(trainer, params: dict):
+    """The trainer's model with other trained parameters (e.g. the untrained adapters of step 0)."""
+    return types.SimpleNamespace(config=trainer.config, graphdef=trainer.graphdef, frozen=trainer.frozen,
+                                 state={"params": params})
 
 
 def smoothed(values: list[float], window: int) -> tuple[float, float]:
     return float(np.mean(values[:window])), float(np.mean(values[-window:]))
 
 
+def pictures(adapter: pathlib.Path, out: pathlib.Path, scenes: int = 4, steps: int = 25) -> None:
+    """Held-out palette scenes: the object given, the truth, the base model's picture, the adapted model's."""
+    from PIL import Image
+
+    from customnet_jax.adapters import adapt_pipeline
+    from customnet_jax.data.images import to_float
+    from customnet_jax.demo.measure import comparison_figure, relative_degrees
+    from customnet_jax.sampling.pipeline import Pipeline
+
+    world = named_world("palette", seed=2)
+    chosen = [scene(i, world) for i in range(scenes)]
+    rows = [[s.object, s.target] for s in chosen]
+    for specs in ([], [str(adapter)]):
+        pipeline = adapt_pipeline(Pipeline.from_folder(lora_config.DEMO_MODEL, attention="per_head"), specs)
+        for row, s in zip(rows, chosen, strict=True):
+            result = pipeline(to_float(s.object), bbox=[float(v) for v in s.box], views=[relative_degrees(s)],
+                              prompt=s.caption, steps=steps, progress=False)
+            row.append(result.images[0, 0])
+    grid = comparison_figure([row + [np.full_like(row[0], 255)] for row in rows])
+    Image.fromarray(grid[:, : grid.shape[1] * 4 // 5 + 2]).save(out)
+
+
 if __name__ == "__main__":
+    from customnet_jax.train.adapter_export import export_adapter
+
     result = run(steps=int(sys.argv[1]) if len(sys.argv) > 1 else 300)
     first, last = smoothed(result["losses"], 20)
     print(types.SimpleNamespace(loss_first=first, loss_last=last, held_out_before=result["before"],
-                                held_out_after=result["after"], changed=len(result["changed"])))
+                                held_out_after=result["after"], changed=len(result["changed"])), flush=True)
+    file = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/lora_palette/adapter.safetensors")
+    export_adapter(result["trainer"], file, len(result["losses"]), print)
+    pictures(file, ROOT / "docs" / "lora_palette.png")

@@ -4,6 +4,7 @@ scale are one-line errors. The adaptation example itself (loss falls, held-out m
 tests/test_lora_example.py (slow)."""
 
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -13,16 +14,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx, traverse_util
+from safetensors.numpy import load_file, save_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import convert_weights  # noqa: E402
 from configs import tiny  # noqa: E402
 from customnet_jax import adapters  # noqa: E402
+from customnet_jax.convert.lora_export import torch_names  # noqa: E402
+from customnet_jax.model_folder import load_model, save_model_folder  # noqa: E402
 from customnet_jax.models.build import model_with_params  # noqa: E402
 from customnet_jax.models.lora import ATTENTION, CONV_1X1, CONV_3X3, FEED_FORWARD, LoraConfig  # noqa: E402
 from customnet_jax.train import state as st  # noqa: E402
 from customnet_jax.train.adapter_export import adapter_contents  # noqa: E402
+from customnet_jax.train.loop import setup as trainer_setup  # noqa: E402
 
 LORA = LoraConfig(rank=3, alpha=6.0, targets=(ATTENTION, FEED_FORWARD, CONV_1X1, CONV_3X3))
 ADAPTER = r"/lora_[ab]$"
@@ -106,8 +112,6 @@ def test_merged_equals_kept_apart_and_training_form(setup, tmp_path):
 
 
 def test_only_the_adapters_are_in_the_optimizer_state(setup):
-    from customnet_jax.train.loop import setup as trainer_setup
-
     config, params, _, _ = setup
     trainer = trainer_setup(config, log=lambda message: None)
     trained = traverse_util.flatten_dict(trainer.state["params"])
@@ -135,8 +139,6 @@ def test_bad_adapters_are_one_line_errors(setup, tmp_path):
     (tmp_path / "text.safetensors").write_text("not a tensor file")
     cases.append((lambda: adapters.apply_adapters(model, [str(tmp_path / "text.safetensors")]),
                   "not a LoRA adapter file"))
-    from safetensors.numpy import save_file
-
     save_file({"w": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
     cases.append((lambda: adapters.apply_adapters(model, [str(tmp_path / "plain.safetensors")]),
                   "without CustomNet adapter metadata"))
@@ -159,3 +161,31 @@ def test_sample_cli_lora_errors_are_one_line(tmp_path):
                           str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "not a LoRA adapter file" in run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_convert_merges_into_a_folder_and_exports_peft(setup, tmp_path):
+    """convert_weights.py --merge-lora writes a folder whose weights are the merged ones; --to-peft writes PEFT's
+    layout, whose B A (alpha / r) rebuilt in numpy from torch-layout tensors is the merged kernels' change."""
+    config, params, base, _ = setup
+    _, file = trained_adapter(config, params, tmp_path)
+    save_model_folder(tmp_path / "base", traverse_util.unflatten_dict(base), config.model)
+    assert convert_weights.main(["--input", str(tmp_path / "base"), "--merge-lora", f"{file}:0.5",
+                                 "--output", str(tmp_path / "merged")]) == 0
+    merged = adapters.model_params(load_model(tmp_path / "merged")[0])
+    expected = adapters.merged_params(base, adapters.read_specs([f"{file}:0.5"]))
+    assert all(np.allclose(merged[p], expected[p], atol=1e-7) for p in expected)
+    assert convert_weights.main(["--input", str(file), "--to-peft", "--output", str(tmp_path / "peft")]) == 0
+    peft_config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    tensors = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 3 and peft_config["lora_alpha"] == 6.0
+    full = adapters.merged_params(base, adapters.read_specs([str(file)]))
+    paths = {torch_key: path for path, (torch_key, _) in torch_names(config.model).items()}
+    for module in ("model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k_text",
+                   "model.diffusion_model.input_blocks.1.0.in_layers.2"):  # a Linear and a 3x3 conv
+        assert module in peft_config["target_modules"]
+        a = tensors[f"base_model.model.{module}.lora_A.weight"]
+        b = tensors[f"base_model.model.{module}.lora_B.weight"]
+        delta = 2.0 * np.einsum("or...,ri...->oi...", b.reshape(b.shape[:2]), a)  # alpha / r = 2
+        path = paths[module + ".weight"]
+        ours = full[path] - base[path]
+        np.testing.assert_allclose(ours.T if ours.ndim == 2 else ours.transpose(3, 2, 0, 1), delta, atol=1e-6)
