@@ -108,7 +108,8 @@ def test_merged_equals_kept_apart_and_training_form(setup, tmp_path):
     both = adapters.apply_adapters(model_with_params(st.model_builder(config.model), base),
                                    [f"{file}:0.6", f"{file}:0.4"], merge=False)
     assert rel_l2(denoise_model(both, None)(inputs), as_trained) <= 1e-5
-    assert file.stat().st_size < 200_000 and not list(tmp_path.glob(".*partial"))
+    weights = sum(v.nbytes for v in adapters.read_adapter(file).tensors.values())  # 101k parameters here
+    assert file.stat().st_size < weights + 20_000 and not list(tmp_path.glob(".*partial"))  # + a small header
 
 
 def test_only_the_adapters_are_in_the_optimizer_state(setup):
