@@ -1,11 +1,12 @@
 """convert_weights.py's LoRA steps: merge adapters into a model folder, export an adapter in PEFT's layout.
 
 PEFT layout (a folder, as `peft.PeftModel.save_pretrained` writes it): adapter_config.json (peft_type LORA, r,
-lora_alpha, target_modules) and adapter_model.safetensors with `base_model.model.<module>.lora_A.weight` /
+lora_alpha, target_modules), adapter_model.safetensors with `base_model.model.<module>.lora_A.weight` /
 `.lora_B.weight`, where <module> is the PyTorch module name in the original CustomNet / LDM checkpoint
-(`model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q`, weights/customnet_names.py).
-torch layouts: Linear A (r, in), B (out, r); Conv2d A (r, cin, kh, kw) with the base's stride and padding,
-B (out, r, 1, 1). Full weights trained beside the adapters (cc_projection) go to `modules_to_save`.
+(`model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q`, weights/customnet_names.py), and
+customnet_jax.json (the adapter's own JSON: base hash, targets). torch layouts: Linear A (r, in), B (out, r);
+Conv2d A (r, cin, kh, kw) with the base's stride and padding, B (out, r, 1, 1). Full weights trained beside the
+adapters (cc_projection) are listed in `modules_to_save`.
 """
 
 from __future__ import annotations
@@ -72,16 +73,16 @@ def export_peft(spec: str, output: str | pathlib.Path, overwrite: bool = False) 
                    "lora_alpha": float(adapter.meta["alpha"]), "lora_dropout": float(adapter.meta["dropout"]),
                    "target_modules": targets, "modules_to_save": saved or None, "bias": "none",
                    "init_lora_weights": True, "fan_in_fan_out": False, "inference_mode": True,
-                   "base_model_name_or_path": str(adapter.meta["base"].get("source")),
-                   "customnet_jax": {"base_hash": adapter.meta["base"]["hash"], "scale": adapter.scale}}
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent if output.parent.exists()
-                                            else None))
+                   "base_model_name_or_path": str(adapter.meta["base"].get("source"))}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     save_file({k: v.astype(np.float32) * (adapter.scale if ".lora_B." in k else 1.0) for k, v in tensors.items()},
               str(partial / "adapter_model.safetensors"))
     (partial / "adapter_config.json").write_text(json.dumps(peft_config, indent=2))
+    (partial / "customnet_jax.json").write_text(json.dumps({**adapter.meta, "scale_in_lora_B": adapter.scale},
+                                                           indent=2))  # base hash, targets: beside PEFT's config
     if output.exists():
         shutil.rmtree(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     os.replace(partial, output)
     return output
 
