@@ -37,8 +37,7 @@ TIMESTEPS = (150, 400, 650, 900)
 def example_config(steps: int, batch_size: int = 8):
     config = lora_config.get_config()
     train = dataclasses.replace(config.train, num_steps=steps, batch_size=batch_size, warmup_steps=min(10, steps // 4),
-                                cooldown_steps=steps // 3, text_dropout=0.0, image_dropout=0.0,
-                                object_latent_dropout=(0.0, 0.0))
+                                cooldown_steps=steps // 3)
     return dataclasses.replace(config, train=train)
 
 
@@ -80,12 +79,18 @@ def held_out_loss(trainer, held_out: dict, seed: int = 0) -> float:
     return float(np.mean([loss(feats, jnp.full(n, t), e) for t, e in zip(TIMESTEPS, noise, strict=True)]))
 
 
-def batches(train: dict, batch_size: int, seed: int = 0):
+def batches(train: dict, config, seed: int = 0):
+    """Random batches with the condition dropout flags drawn as the data pipeline draws them (the dropped caption
+    keeps the unconditional branch of classifier-free guidance trained)."""
     rng = np.random.default_rng(seed)
-    count = len(train["view"])
+    count, size, settings = len(train["view"]), config.train.batch_size, config.train
+    low, high = settings.object_latent_dropout
     while True:
-        rows = rng.choice(count, batch_size, replace=False)
-        yield {k: v[rows] for k, v in train.items()}
+        rows = rng.choice(count, size, replace=False)
+        r = rng.uniform(size=size)
+        flags = {"drop_image": r < settings.image_dropout, "drop_object": (low <= r) & (r < high),
+                 "drop_text": rng.uniform(size=size) < settings.text_dropout}
+        yield dict({k: v[rows] for k, v in train.items()}, **flags)
 
 
 def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log=print) -> dict:
@@ -98,7 +103,7 @@ def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log
     start = traverse_util.flatten_dict(trainer.full_params(use_ema=False))
     initial = jax.tree.map(np.asarray, jax.device_get(trainer.state["params"]))  # the state is donated below
     before = held_out_loss(trainer, held_out)
-    source = batches(train, config.train.batch_size)
+    source = batches(train, config)
     first = next(source)
     started = time.time()
     compiled = trainer.compile(first)
