@@ -8,7 +8,7 @@ on the UNet's attention projections (q, k, v, out, the object and the text K/V) 
 every object painted in purple, cyan and orange (customnet_jax/data/synthetic.py WORLDS), built on first use
 under data.path. Only the adapters train (train.trainable); the base stays frozen and has no optimizer state. The
 run ends by writing <workdir>/adapter.safetensors (the adapter weights and a JSON header: base model hash, rank,
-alpha, targets), about 150 KB. Add cc_projection to what trains with
+alpha, targets), 226 KiB. Add cc_projection to what trains with
 `--set 'train.trainable=(("/lora_[ab]$", True), ("^cc_projection/", True), (".*", False))'`; the feed-forward and
 the convolutions with `--set 'lora.targets=(...)'` (customnet_jax/models/lora.py presets). docs/lora.md shows
 before / after pictures and the held-out measure.
