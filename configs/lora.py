@@ -19,6 +19,7 @@ import pathlib
 
 from configs.demo import get_config as demo_config
 from customnet_jax.experiment import Config, DataConfig
+from customnet_jax.model_folder import read_folder
 from customnet_jax.models.lora import ATTENTION, LoraConfig
 
 DEMO_MODEL = pathlib.Path(__file__).resolve().parents[1] / "customnet_jax" / "assets" / "demo_model"
@@ -26,8 +27,9 @@ DEMO_MODEL = pathlib.Path(__file__).resolve().parents[1] / "customnet_jax" / "as
 
 def get_config() -> Config:
     base = demo_config()
+    folder = read_folder(DEMO_MODEL)  # the base's own model and schedule: its VAE's latent scale, v-prediction
     return dataclasses.replace(
-        base,
+        base, model=folder.model, diffusion=folder.diffusion,
         data=DataConfig(source="synthetic", path="workdirs/lora_palette_data", synthetic_world="palette",
                         synthetic_examples=512, synthetic_seed=1, image_size=64),
         lora=LoraConfig(rank=8, alpha=8.0, targets=(ATTENTION,)),
