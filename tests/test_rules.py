@@ -106,3 +106,15 @@ def test_demo_config_keeps_its_recipe():
     assert train.lr_multipliers == ((r"^cc_projection/", 10.0), (r".*", 1.0))
     assert dataclasses.replace(train, lr_multipliers=tiny.get_config().train.lr_multipliers).lr_multipliers[0] \
         == (r"/to_[kv]_text/", 10.0)
+
+
+def test_init_from_folder_settings_without_shapes_are_warned():
+    """A latent scale or schedule that differs from the init_from folder's shows in no shape: it is reported.
+    configs/lora.py takes the demo model's own (latent scale 1.0283, v-prediction); tiny's defaults do not."""
+    from configs import lora
+
+    config = lora.get_config()
+    assert st.init_folder_mismatches(config, lora.DEMO_MODEL) == []
+    mismatches = st.init_folder_mismatches(tiny.get_config(), lora.DEMO_MODEL)
+    assert any(m.startswith("model.latent_scale is 0.18215 here but 1.0283") for m in mismatches)
+    assert any(m.startswith("diffusion.prediction_type is epsilon here but v_prediction") for m in mismatches)

@@ -150,6 +150,8 @@ def setup(config: Any, *, devices: list | None = None, log: Callable[[str], None
     mesh = shd.make_mesh(config.mesh, devices)
     graphdef, shapes = st.graphdef_and_shapes(config)
     folder = config.train.init_from
+    for mismatch in st.init_folder_mismatches(config, folder) if folder else []:
+        log(f"warning: train.init_from: {mismatch}; set it as the folder has it unless this is meant")
     flat, report = st.initial_params(config, shapes, folder_params=st.read_init_folder(folder) if folder else None,
                                      source=folder or "random")
     trainable, frozen_params = st.split_params(flat, config.train.trainable)

@@ -138,6 +138,18 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
     return out, report
 
 
+def init_folder_mismatches(config: Any, path: str | pathlib.Path) -> list[str]:
+    """Settings of the init_from folder that the run's config contradicts without a shape to show it (a latent
+    scale or a schedule trained for another VAE / objective): each one silently mis-trains the model."""
+    from customnet_jax.model_folder import read_folder
+
+    folder = read_folder(path)
+    checks = {"model.latent_scale": (folder.model.latent_scale, config.model.latent_scale),
+              "diffusion.prediction_type": (folder.diffusion.prediction_type, config.diffusion.prediction_type),
+              "diffusion.zero_terminal_snr": (folder.diffusion.zero_terminal_snr, config.diffusion.zero_terminal_snr)}
+    return [f"{key} is {ours} here but {theirs} in {path}" for key, (theirs, ours) in checks.items() if theirs != ours]
+
+
 def read_init_folder(path: str | pathlib.Path) -> dict:
     """A model folder's parameters, flat path -> numpy (see customnet_jax.model_folder)."""
     from customnet_jax.model_folder import load_model, param_tree
