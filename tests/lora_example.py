@@ -34,10 +34,10 @@ from customnet_jax.train.step import denoising_loss  # noqa: E402
 TIMESTEPS = (150, 400, 650, 900)
 
 
-def example_config(steps: int, batch_size: int = 8):
+def example_config(steps: int, batch_size: int = 8, learning_rate: float | None = None):
     config = lora_config.get_config()
     train = dataclasses.replace(config.train, num_steps=steps, batch_size=batch_size, warmup_steps=min(10, steps // 4),
-                                cooldown_steps=steps // 3)
+                                cooldown_steps=steps // 3, learning_rate=learning_rate or config.train.learning_rate)
     return dataclasses.replace(config, train=train)
 
 
@@ -93,9 +93,10 @@ def batches(train: dict, config, seed: int = 0):
         yield dict({k: v[rows] for k, v in train.items()}, **flags)
 
 
-def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log=print) -> dict:
+def run(steps: int = 120, train_scenes: int = 96, held_out_scenes: int = 32, log=print,
+        learning_rate: float | None = None) -> dict:
     """Train the example's adapters for `steps` -> losses, held-out objective before / after, the trainer."""
-    config = example_config(steps)
+    config = example_config(steps, learning_rate=learning_rate)
     base_model, _ = load_model(lora_config.DEMO_MODEL)
     train = features(base_model, config, range(train_scenes), world_seed=1)
     held_out = features(base_model, config, range(held_out_scenes), world_seed=2)
@@ -156,7 +157,8 @@ def pictures(adapter: pathlib.Path, out: pathlib.Path, scenes: int = 4, steps: i
 if __name__ == "__main__":
     from customnet_jax.train.adapter_export import export_adapter
 
-    result = run(steps=int(sys.argv[1]) if len(sys.argv) > 1 else 300)
+    result = run(steps=int(sys.argv[1]) if len(sys.argv) > 1 else 300,
+                 learning_rate=float(sys.argv[3]) if len(sys.argv) > 3 else None)
     first, last = smoothed(result["losses"], 20)
     print(types.SimpleNamespace(loss_first=first, loss_last=last, held_out_before=result["before"],
                                 held_out_after=result["after"], changed=len(result["changed"])), flush=True)
