@@ -20,15 +20,23 @@ STEPS = 150
 MARGIN = 0.02  # the held-out objective at least 2% below the base's (measured: 0.3%)
 
 
+@pytest.fixture(scope="module")
+def trained():
+    return lora_example.run(steps=STEPS, train_scenes=96, held_out_scenes=32, log=lambda message: None)
+
+
+@pytest.mark.slow
+def test_training_changes_only_the_adapters(trained):
+    untrained_model = lora_example.with_params(trained["trainer"], trained["initial"])
+    untrained = 1.0 - lora_example.held_out_loss(untrained_model, trained["held_out"]) / trained["before"]
+    assert abs(untrained) < 1e-6  # the adapter at step 0 is the base model: no gain
+    assert trained["changed"] and all(p.endswith(("/lora_a", "/lora_b")) for p in trained["changed"])
+    assert trained["after"] != trained["before"]
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="measured: held-out objective only 0.3% below the base's (docs/lora.md)")
-def test_palette_adapter_beats_the_base_on_held_out_scenes():
-    result = lora_example.run(steps=STEPS, train_scenes=96, held_out_scenes=32, log=lambda message: None)
-    gain = 1.0 - result["after"] / result["before"]
-    untrained_model = lora_example.with_params(result["trainer"], result["initial"])
-    untrained = 1.0 - lora_example.held_out_loss(untrained_model, result["held_out"]) / result["before"]
-    assert abs(untrained) < 1e-6 and untrained < MARGIN  # an untrained adapter is the base: it fails the measure
-    assert result["changed"] and all(p.endswith(("/lora_a", "/lora_b")) for p in result["changed"])
-    first, last = lora_example.smoothed(result["losses"], 20)
+def test_palette_adapter_beats_the_base_on_held_out_scenes(trained):
+    first, last = lora_example.smoothed(trained["losses"], 20)
     assert last < 0.6 * first, (first, last)  # the training loss on the new data falls
-    assert gain >= MARGIN, (result["before"], result["after"])
+    assert 1.0 - trained["after"] / trained["before"] >= MARGIN, (trained["before"], trained["after"])
