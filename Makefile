@@ -1,12 +1,14 @@
-# Two entry points on a fresh machine (each creates or reuses .venv):
+# Entry points on a fresh machine (each creates or reuses .venv):
 #   make sample   run sample.py on the built-in default model
+#   make app      the interactive page on http://127.0.0.1:7860 (app.py)
 #   make test     run the test suite (what CI runs)
+#   make test-fast  the suite without the tests marked slow (a few minutes on 2 cores)
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: sample test lint install demo-model
+.PHONY: sample app test test-fast lint install browser demo-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +18,26 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# the app's browser test drives Debian's chromium through Playwright (which cannot download its own browsers
+# offline); installed only when missing (CI runs as root)
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+install: $(STAMP) browser
 
 sample: $(STAMP)
 	$(VENV)/bin/python sample.py
 
-test: $(STAMP)
+app: $(STAMP)
+	$(VENV)/bin/python app.py
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # the built-in demo model, from nothing (about 85 minutes on 2 idle CPU cores); resumes if interrupted
 demo-model: $(STAMP)

@@ -33,7 +33,7 @@ from customnet_jax.weights.rules import CheckpointMismatchError
 def load_model_config(path: str | pathlib.Path) -> CustomNetConfig:
     """A model config from a configs/*.py file (its get_config().model) or a JSON file (a model folder's
     config.json, or a bare CustomNetConfig dict)."""
-    from customnet_jax.config import from_dict, load_config
+    from customnet_jax.config_files import from_dict, load_config
 
     path = pathlib.Path(path)
     if path.suffix == ".py":

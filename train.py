@@ -1,7 +1,11 @@
 """Train CustomNet (or Zero-1-to-3) with sharded data + FSDP parallelism and exact resume.
 
     python train.py --config configs/customnet.py --workdir runs/customnet [--set train.batch_size=48 ...]
-    python train.py --config configs/tiny.py --workdir /tmp/tiny --synthetic-data raw      # smoke run, no data
+    python train.py --config configs/tiny.py --workdir /tmp/tiny --set data.source=random_raw   # smoke run, no data
+
+Everything about the run is a config field: the config file sets them, each `--set section.field=value`
+overrides one (checked against the field's type), e.g. `--set mesh.data=2 --set mesh.fsdp=4` for the mesh, or
+`--set data.source=random_precomputed --set data.random_examples=16` for random in-memory examples.
 
 Multi-host: run the same command on every host; `jax.distributed.initialize()` is called when
 --coordinator/--num-processes/--process-id are given, or when the cluster environment announces several
@@ -16,6 +20,13 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the package imports jax: train.py imports it after jax.distributed is set up
+    from customnet_jax.experiment import Config
+
+RANDOM_SOURCES = {"random_raw": "raw", "random_precomputed": "precomputed"}  # data.source -> batch form
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -26,13 +37,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="continue from the latest complete checkpoint in the workdir (default: on)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a config field (repeatable), e.g. --set train.learning_rate=1e-5")
-    parser.add_argument("overrides_positional", nargs="*", metavar="SECTION.FIELD=VALUE",
-                        help="overrides may also be given without --set")
-    parser.add_argument("--mesh-data", type=int, help="data-parallel mesh size (-1: all devices not in fsdp)")
-    parser.add_argument("--mesh-fsdp", type=int, help="FSDP mesh size (parameters split over it)")
-    parser.add_argument("--synthetic-data", choices=("raw", "precomputed"),
-                        help="train on random in-memory examples of this batch form instead of the data pipeline")
-    parser.add_argument("--synthetic-examples", type=int, default=64, help="how many random examples")
     group = parser.add_argument_group("multi-host")
     group.add_argument("--distributed", choices=("auto", "on", "off"), default="auto",
                        help="call jax.distributed.initialize(): auto = when flags or the cluster ask for it")
@@ -65,30 +69,41 @@ def init_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize(**given)
 
 
-def main(argv: list[str] | None = None, make_iterator=None) -> dict:
-    """The CLI; `make_iterator` (tests) replaces the data pipeline's customnet_jax.data.make_iterator."""
+def load(args: argparse.Namespace) -> Config:
+    """The config file with the --set overrides; a bad file, field or value is a one-line error, exit 2."""
+    from customnet_jax.config_files import load_config, override
+
+    try:
+        return override(load_config(args.config), args.overrides)
+    except (ValueError, FileNotFoundError) as error:  # ConfigValueError, CustomNetConfig's checks, a missing file
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def random_iterator(config: Config) -> Callable | None:
+    """The make_iterator of the "random_*" data sources (random in-memory examples), None for the others."""
+    from customnet_jax.train import synthetic
+
+    form = RANDOM_SOURCES.get(config.data.source)
+    if form is None:
+        return None
+    return functools.partial(synthetic.make_iterator, num_examples=config.data.random_examples, form=form)
+
+
+def main(argv: list[str] | None = None, make_iterator: Callable | None = None) -> dict:
+    """The CLI; `make_iterator` (tests) replaces the data source config.data.source names."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    init_distributed(args)
+    init_distributed(args)  # first: the config files import jax, which must not start its backends before it
+    config = load(args)
 
-    from customnet_jax.config import load_config, override
-    from customnet_jax.train import synthetic
     from customnet_jax.train.checkpoint import WorkdirInUse
     from customnet_jax.train.loop import train
     from customnet_jax.train.sharding import ConfigError
 
-    config = override(load_config(args.config), args.overrides + args.overrides_positional)
-    mesh = []
-    if args.mesh_data is not None:
-        mesh.append(f"mesh.data={args.mesh_data}")
-    if args.mesh_fsdp is not None:
-        mesh.append(f"mesh.fsdp={args.mesh_fsdp}")
-    config = override(config, mesh)
-    if args.synthetic_data and make_iterator is None:
-        make_iterator = functools.partial(synthetic.make_iterator, num_examples=args.synthetic_examples,
-                                          form=args.synthetic_data)
     try:
-        return train(config, args.workdir, make_iterator=make_iterator, resume=args.resume)
+        return train(config, args.workdir, make_iterator=make_iterator or random_iterator(config),
+                     resume=args.resume)
     except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

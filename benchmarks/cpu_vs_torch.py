@@ -5,7 +5,7 @@
     python benchmarks/cpu_vs_torch.py --variants            # the JAX speed-up attempts, one child process each
 
 Ours: `customnet_jax.models.unet.UNet` under `jax.jit` (parameters split from the graph), the train step a
-value_and_grad of the eps-MSE + optax AdamW jitted with donation, the sampler `diffusion.ddim.sample` (one
+value_and_grad of the eps-MSE + optax AdamW jitted with donation, the sampler `diffusion.samplers.ddim.sample` (one
 `lax.scan`, conditional and unconditional halves batched in one UNet call). Reference: diffusers
 UNet2DConditionModel with the dual cross-attention processor, built from the same LDM-layout random weights by
 tests/torch_reference.py, torch.optim.AdamW (fused when available), and the same guided DDIM loop with
@@ -137,7 +137,7 @@ def benchmark(args) -> dict:
     from flax import nnx
 
     import customnet_jax.models.unet as unet_module
-    from customnet_jax.diffusion import ddim
+    from customnet_jax.diffusion.samplers import ddim
     from customnet_jax.diffusion.schedule import DiffusionConfig, add_noise, alphas_cumprod
     from customnet_jax.models.build import abstract_model, model_with_params
     from customnet_jax.models.unet import UNet

@@ -62,19 +62,13 @@ def make_config(data: int, fsdp: int, remat: bool):
 
 
 def precomputed_batch_shapes(config) -> dict:
-    """The precomputed batch form (customnet_jax/train/step.py PRECOMPUTED_KEYS) as (shape, dtype)."""
-    import numpy as np
+    """The precomputed batch form (customnet_jax/conditioning/batch.py) as (shape, dtype), the fields this model
+    reads (no box: the object loss weight is 1; the background latent only for the composition model)."""
+    from customnet_jax.conditioning import batch
 
     mc = config.model
-    h, c, d = mc.latent_size, mc.latent_channels, mc.context_dim
-    shapes = {"target_mean": ((BATCH, h, h, c), np.float32), "target_logvar": ((BATCH, h, h, c), np.float32),
-              "location_latent": ((BATCH, h, h, c), np.float32), "image_embedding": ((BATCH, d), np.float32),
-              "text_embedding": ((BATCH, mc.text_encoder.max_length, d), np.float32),
-              "view": ((BATCH, 4), np.float32), "drop_image": ((BATCH,), np.bool_),
-              "drop_object": ((BATCH,), np.bool_), "drop_text": ((BATCH,), np.bool_)}
-    if mc.has_background:
-        shapes["background_latent"] = ((BATCH, h, h, c), np.float32)
-    return shapes
+    return {key: ((BATCH, *field.shape), field.dtype) for key, field in batch.fields(mc, "precomputed").items()
+            if key != "box" and (key != "background_latent" or mc.has_background)}
 
 
 def abstract_setup(config):

@@ -1,4 +1,10 @@
-"""CustomNet composition model (customnet_inpaint_v1): + the background latent, 12 UNet input channels."""
+r"""CustomNet composition model (customnet_inpaint_v1): + the background latent, 12 UNet input channels.
+
+    python train.py --config configs/customnet_inpaint.py --workdir runs/inpaint \
+        --set data.path=PAIRS --set train.init_from=MODEL
+
+PAIRS: the prepared pairs (build_pairs.py); MODEL: a CustomNet model folder (its conv_in is widened, zeros).
+"""
 
 import dataclasses
 

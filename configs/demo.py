@@ -1,12 +1,15 @@
 """The built-in demo: a small CustomNet trained from scratch on the synthetic world, on a 2-core CPU.
 
-Same architecture as configs/tiny.py (64 px pictures, 16x16x4 latents, width-32 encoders); its own small VAE
-is trained first on the same world (customnet_jax/demo/autoencoder.py). The whole recipe is one command:
-`make demo-model` (python -m customnet_jax.demo), which writes workdirs/demo/ and ships the result in
-customnet_jax/assets/demo_model/. The CLIP encoders stay at their random initialisation (frozen random
-features: nothing can be downloaded here); the UNet and cc_projection learn to use them.
+    python -m customnet_jax.demo --config configs/demo.py   # = make demo-model: every stage, resumable
 
-Three choices differ from the paper's 256 px recipe, each for a measured reason (README, "The built-in demo model"):
+Same architecture as configs/tiny.py (64 px pictures, 16x16x4 latents, width-32 encoders); its own small VAE
+is trained first on the same world (customnet_jax/demo/autoencoder.py). The recipe writes workdirs/demo/ (the
+paths below: relative to the folder it runs in) and ships the result in customnet_jax/assets/demo_model/. The
+CLIP encoders stay at their random initialisation (frozen random features: nothing can be downloaded here); the
+UNet and cc_projection learn to use them. (train.py alone would not do: the recipe sets model.latent_scale to
+the one it measures on its VAE.)
+
+Four choices differ from the paper's 256 px recipe, each for a measured reason (docs/demo_model.md):
 - v-prediction on a zero-terminal-SNR schedule (Lin et al. 2024) from the start: with SD's schedule x_T keeps
   sqrt(a_T) = 0.068 of the picture, which on 16 x 16 latents carries its mean colour; a model trained so reads the
   background colour from the noise and ignores the caption.

@@ -4,6 +4,8 @@ As customnet_inpaint to customnet: 12 UNet input channels (+ the background late
 object's box painted white), the new conv_in channels start at zero, captions dropped half of the time. A short
 fine-tune, since outside the box the model has to learn to copy its input. The recipe (`make demo-model`)
 ships it in customnet_jax/assets/demo_composition_model (`sample.py --demo composition`).
+
+    python -m customnet_jax.demo --composition-config configs/demo_composition.py   # stage 7 of make demo-model
 """
 
 import dataclasses

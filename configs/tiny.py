@@ -1,6 +1,9 @@
 """A tiny CustomNet with the full architecture's structure: runs a train step or a sampler in seconds on a CPU.
 
-Used by the tests; 64 px images, 16x16x4 latents, 3 UNet levels, 2-layer CLIPs of width 32.
+Used by the tests; 64 px images, 16x16x4 latents, 3 UNet levels, 2-layer CLIPs of width 32. A smoke run on
+random in-memory examples (no data, no download; the rendered synthetic world: --set data.source=synthetic):
+
+    python train.py --config configs/tiny.py --workdir /tmp/tiny --set data.source=random_raw
 """
 
 from customnet_jax.experiment import Config, DataConfig, TrainConfig

@@ -4,6 +4,7 @@ LoRA."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.models.customnet import CustomNetConfig
@@ -13,8 +14,10 @@ from customnet_jax.models.lora import LoraConfig
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    # "synthetic" | "views" (zero123 renders) | "pairs" (prepared natural pairs) | "precomputed"
-    source: str = "synthetic"
+    # "synthetic" (the rendered synthetic world) | "views" (zero123 renders) | "pairs" (prepared natural pairs) |
+    # "precomputed" (frozen encoders' outputs) | "random_raw" / "random_precomputed": random in-memory examples in
+    # the raw / precomputed batch form, no files (tests, smoke runs; customnet_jax.train.synthetic)
+    source: Literal["synthetic", "views", "pairs", "precomputed", "random_raw", "random_precomputed"] = "synthetic"
     path: str = ""  # a built tfds dataset folder or a data_dir holding one ("synthetic": built there if missing)
     split: str = "train"
     num_workers: int = 0  # grain worker processes (0: in-process)
@@ -25,6 +28,7 @@ class DataConfig:
     synthetic_examples: int = 4096  # train examples of a synthetic world built on demand
     synthetic_seed: int = 0  # its world seed
     synthetic_world: str = "default"  # its parameters: a name in customnet_jax.data.synthetic.WORLDS
+    random_examples: int = 64  # how many examples the "random_*" sources draw
 
 
 TRAINABLE = ((r"^(unet|cc_projection)/", True), (r".*", False))
@@ -33,7 +37,7 @@ LR_MULTIPLIERS = ((r"/to_[kv]_text/", 10.0), (r".*", 1.0))
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The paper's optimisation (SPEC §8) and the condition dropout of SPEC §7."""
+    """The paper's optimisation (docs/model.md §8) and the condition dropout of docs/model.md §7."""
 
     batch_size: int = 96
     num_steps: int = 500_000
@@ -54,6 +58,8 @@ class TrainConfig:
     grad_accum_steps: int = 1
     compute_dtype: str = "float32"  # "bfloat16": bf16 compute, fp32 master weights and optimizer state
     remat: bool = False
+    remat_policy: str = "full"  # with remat: "full", "dots" (keep matmul outputs), "offload" (models/layers.py)
+    attention: str = ""  # layers.attention's implementation: "" (jax's choice), "xla", "per_head", "splash" (TPU)
     image_dropout: float = 0.10  # r < 0.10: zero the CLIP image embedding before cc_projection
     object_latent_dropout: tuple[float, float] = (0.05, 0.15)  # 0.05 <= r < 0.15: zero the object latent
     text_dropout: float = 0.15  # caption -> "" (0.5 for the composition model)

@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from customnet_jax.config import from_dict, to_dict
+from customnet_jax.config_files import from_dict, to_dict
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig

@@ -9,6 +9,7 @@ from flax import nnx
 
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPImageEncoder, CLIPTextConfig, CLIPTextEncoder, CLIPVisionConfig
+from customnet_jax.models.layers import set_attention
 from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.weights.clip_names import clip_text_rules, clip_vision_openai_rules, clip_vision_transformers_rules
 from customnet_jax.weights.params import param_shapes, set_params
@@ -98,6 +99,16 @@ def test_text_parity(text_reference):
     assert rel_l2(forward(ours, tokens[:, :9]), short) <= 1e-4  # measured 2.1e-7
     with pytest.raises(ValueError, match="length"):
         ours(np.zeros((1, 78), np.int32))
+
+
+def test_text_attention_switch_keeps_parity(text_reference):
+    """CLIP's attention goes through layers.attention's switch: the per-head CPU kernel (causal) against
+    transformers; "splash" does not take 77 tokens and falls back to jax's attention."""
+    state, tokens, full, _ = text_reference
+    for implementation in ("per_head", "splash"):
+        ours = build(CLIPTextEncoder, TEXT, state, clip_text_rules(TEXT), ignore=["*position_ids"])
+        set_attention(ours, implementation)
+        assert rel_l2(forward(ours, tokens), full) <= 1e-4, implementation  # measured 2.0e-7
 
 
 def test_text_wrong_layer_norm_eps_breaks_parity(text_reference):

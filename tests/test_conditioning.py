@@ -31,7 +31,7 @@ def _camera(polar_deg, azimuth_deg, radius, rng) -> np.ndarray:
 
 
 def _reference_T(target, condition) -> list[float]:
-    """SPEC section 4 / Zero-1-to-3 get_T, one matrix at a time with the math module."""
+    """docs/model.md §4 / Zero-1-to-3 get_T, one matrix at a time with the math module."""
 
     def spherical(rt):
         x, y, z = -rt[:, :3].T @ rt[:, 3]

@@ -120,7 +120,7 @@ def common_state(w) -> collections.OrderedDict:
 
 
 def customnet_state(w, unet: str) -> collections.OrderedDict:
-    """The flat state dict of customnet_v1.pt (SPEC §9)."""
+    """The flat state dict of customnet_v1.pt (docs/model.md §9)."""
     state = collections.OrderedDict(tensors(w[unet], UNET))
     state.update(common_state(w))
     state.update(tensors(w["text"], TEXT))
@@ -246,6 +246,7 @@ def check_text(model, refs) -> float:
 
 # ---------------------------------------------------------------------------------------------- parity
 
+@pytest.mark.slow
 def test_customnet_file_matches_pytorch(weights, models):
     w, refs = weights
     model, folder = models["customnet"]
@@ -257,6 +258,7 @@ def test_customnet_file_matches_pytorch(weights, models):
     assert max(errors.values()) <= 1e-4, errors
 
 
+@pytest.mark.slow
 def test_inpaint_file_matches_pytorch(weights, models):
     _, refs = weights
     model, folder = models["inpaint"]
@@ -265,6 +267,7 @@ def test_inpaint_file_matches_pytorch(weights, models):
     assert error <= 1e-4, error  # measured 7.2e-7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [False, True])
 def test_zero123_lightning_file_matches_pytorch(weights, models, files, ema):
     w, refs = weights
@@ -283,6 +286,7 @@ def test_zero123_lightning_file_matches_pytorch(weights, models, files, ema):
     assert max(errors.values()) <= 1e-4, errors
 
 
+@pytest.mark.slow
 def test_diffusers_zero123_folder_matches_pytorch(weights, models):
     w, refs = weights
     model, folder = models["diffusers"]
@@ -293,6 +297,7 @@ def test_diffusers_zero123_folder_matches_pytorch(weights, models):
 
 # ---------------------------------------------------------------------------------------------- zero123 -> CustomNet
 
+@pytest.mark.slow
 def test_zero123_to_customnet_zero_text_kv_predicts_as_zero123(weights, models):
     _, refs = weights
     zero123, _ = models["zero123"]
@@ -352,6 +357,7 @@ def assert_same_state(ours: dict, theirs: dict):
         assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["customnet", "zero123"])
 def test_round_trip_import_export(files, folders, tmp_path, name):
     if name == "zero123":  # holds a planted command: read it with our reader, never with torch.load

@@ -17,8 +17,9 @@ from PIL import Image
 
 from configs import tiny
 from customnet_jax import conditioning
+from customnet_jax.conditioning.batch import DROP_KEYS, PRECOMPUTED_KEYS, RAW_KEYS
 from customnet_jax.data import builders, images, pairs, pipeline, precomputed, synthetic, synthetic_files
-from customnet_jax.data.transforms import DROP_KEYS, PRECOMPUTED_KEYS, RAW_KEYS, DrawDropout
+from customnet_jax.data.transforms import DrawDropout
 from customnet_jax.experiment import DataConfig
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
@@ -30,7 +31,7 @@ NUM_SYNTHETIC = 24
 
 
 def _reference_T(target_rt, condition_rt) -> np.ndarray:
-    """SPEC §4 / Zero-1-to-3 get_T with the math module, one pair at a time."""
+    """docs/model.md §4 / Zero-1-to-3 get_T with the math module, one pair at a time."""
 
     def spherical(rt):
         x, y, z = -np.asarray(rt, np.float64)[:, :3].T @ np.asarray(rt, np.float64)[:, 3]
@@ -178,10 +179,10 @@ def test_views_builder_reads_back(tmp_path):
         cams = objects[object_id]["cameras"]
         np.testing.assert_allclose(record["view"], synthetic.relative_view(cams[int(t)], cams[int(c)]), atol=1e-5)
         # pictures = the RGBA renders composited over white (the rule of conditioning.load_rgb), box = whole picture
-        np.testing.assert_allclose(images.to_float(record["target"]), conditioning.load_rgb(view_dir / f"{t}.png"),
-                                   atol=1.01 / 127.5)
-        np.testing.assert_allclose(images.to_float(record["object"]), conditioning.load_rgb(view_dir / f"{c}.png"),
-                                   atol=1.01 / 127.5)
+        np.testing.assert_allclose(conditioning.to_float(record["target"]),
+                                   conditioning.load_rgb(view_dir / f"{t}.png"), atol=1.01 / 127.5)
+        np.testing.assert_allclose(conditioning.to_float(record["object"]),
+                                   conditioning.load_rgb(view_dir / f"{c}.png"), atol=1.01 / 127.5)
         np.testing.assert_array_equal(record["box"], [0, 0, 1, 1])
         assert record["caption"].decode() == objects[object_id]["spec"].caption()
 
@@ -194,7 +195,7 @@ def test_views_placement_and_alpha_modes(tmp_path):
     pictures = [images.resize_rgb(np.asarray(Image.open(p).convert("RGB")), SIZE)
                 for p in sorted((tmp_path / "bgs").iterdir())]
     for key, record in _records(folder).items():
-        x0, y0, x1, y1 = images.box_pixels(record["box"], SIZE)
+        x0, y0, x1, y1 = conditioning.box_pixels(record["box"], SIZE)
         assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE and x1 - x0 == y1 - y0 < SIZE, key
         outside = np.ones((SIZE, SIZE), bool)
         outside[y0:y1, x0:x1] = False
@@ -215,7 +216,7 @@ def test_views_placement_and_alpha_modes(tmp_path):
 
 
 def _spec_box(bbox, width, height):
-    """SPEC §10 box arithmetic, written out independently."""
+    """docs/model.md §10 box arithmetic, written out independently."""
     x, y, w, h = bbox
     sx, sy, sw, sh = int(255 * x / width), int(255 * y / height), int(255 * w / width), int(255 * h / height)
     side = int(max(sw, sh) * 256 / 200)
@@ -323,13 +324,13 @@ def test_batch_layout(synthetic_data):
     assert batch["view"].shape == (4, 4) and batch["view"].dtype == np.float32
     assert batch["tokens"].shape == (4, 77) and batch["tokens"].dtype == np.int32
     assert all(batch[k].shape == (4,) and batch[k].dtype == bool for k in DROP_KEYS)
-    # the canvases are made from the record as SPEC §6 says
+    # the canvases are made from the record as docs/model.md §6 says
     batch = next(pipeline.make_iterator(config, process_index=0, process_count=1, batch_size_per_host=4,
                                         keep_id=True))
     tokenizer = load_tokenizer()
     for i in range(4):
         s = synthetic.scene(int(batch["id"][i]), WORLD)
-        x0, y0, x1, y1 = box = images.box_pixels(s.box, r)
+        x0, y0, x1, y1 = box = conditioning.box_pixels(s.box, r)
         np.testing.assert_allclose(batch["location"][i], conditioning.location_canvas(batch["object"][i], box, r),
                                    rtol=0, atol=3e-7)
         np.testing.assert_array_equal(batch["target"][i], conditioning.load_rgb(Image.fromarray(s.target), r))
@@ -356,12 +357,16 @@ def test_location_canvas_crops_boxes_outside():
     obj = np.random.default_rng(0).uniform(-1, 1, (16, 16, 3)).astype(np.float32)
     for shape, size in (((16, 16, 3), (7, 3)), ((9, 20, 3), (31, 12)), ((256, 256, 3), (200, 200))):
         x = np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
-        np.testing.assert_allclose(images.bilinear_resize(x, size), conditioning.resize(x, size, "bilinear"),
+        np.testing.assert_allclose(conditioning.bilinear_resize(x, size), conditioning.resize(x, size, "bilinear"),
                                    rtol=0, atol=3e-7)
     for box in ((2, 3, 12, 13), (0, 0, 16, 16), (5, 1, 16, 9), (0, 0, 3, 2)):  # the fast resize = the reference
-        np.testing.assert_allclose(images.location_canvas(obj, box, 16), conditioning.location_canvas(obj, box, 16),
-                                   rtol=0, atol=3e-7)
-    big = images.location_canvas(obj, (-4, 8, 12, 24), 16)  # a 16-px box, half below the canvas
+        x0, y0, x1, y1 = box
+        reference = np.ones((16, 16, 3), np.float32)
+        reference[y0:y1, x0:x1] = conditioning.resize(obj, (y1 - y0, x1 - x0), "bilinear")  # dense matmuls
+        for outside in (False, True):  # the sampler's and the data pipeline's call
+            np.testing.assert_allclose(conditioning.location_canvas(obj, box, 16, outside=outside), reference,
+                                       rtol=0, atol=3e-7)
+    big = conditioning.location_canvas(obj, (-4, 8, 12, 24), 16, outside=True)  # a 16-px box, half below
     placed = conditioning.resize(obj, 16, "bilinear")
     np.testing.assert_allclose(big[8:, :12], placed[:8, 4:], rtol=0, atol=3e-7)
     assert (big[:8] == 1).all() and (big[:, 12:] == 1).all()
@@ -425,6 +430,7 @@ def test_pipeline_deterministic_sharded_resumable(synthetic_data, tmp_path):
     manager.close()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(synthetic_data):
     config = _config(synthetic_data, num_workers=2)
     kw = dict(process_index=0, process_count=1, batch_size_per_host=4, keep_id=True)
@@ -442,6 +448,7 @@ def test_worker_processes_give_the_same_batches(synthetic_data):
 # ---------------------------------------------------------------------------------------------- precompute
 
 
+@pytest.mark.slow
 def test_precompute_matches_the_model(synthetic_data, tmp_path):
     config = _config(synthetic_data)
     model = initialized_model(lambda: CustomNet(config.model, rngs=nnx.Rngs(0)), seed=0)

@@ -97,6 +97,7 @@ def test_foreground_pixels_separate_object_from_background():
     assert not measure.foreground_pixels(scene.background, scene.box_pixels).any()
 
 
+@pytest.mark.slow
 def test_view_use_reads_only_the_view_columns():
     """measure.view_use on the demo architecture, untrained: cc_projection's view columns start at zero, so a wrong
     part of T changes nothing (exactly 0); given weight on the azimuth columns alone, only the azimuth (and so its

@@ -2,8 +2,8 @@
 distance and azimuth parts of the viewpoint (the azimuth by how far the object turns, not which way).
 
 The scores (customnet_jax/demo/measure.py) are measured on scenes of a world seed the model never trained
-on, against the ground-truth renders. Thresholds sit below the measured values of the shipped model (README,
-"The built-in demo model") with margin; the same thresholds must fail for the untrained model the recipe
+on, against the ground-truth renders. Thresholds sit below the measured values of the shipped model
+(docs/demo_model.md) with margin; the same thresholds must fail for the untrained model the recipe
 started from (its own seed-0 initialisation with the trained VAE), so the test cannot pass by accident.
 """
 
@@ -18,6 +18,8 @@ from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.sampling.cli import DEMO_COMPOSITION_FOLDER, DEMO_FOLDER
 from customnet_jax.sampling.pipeline import Pipeline
+
+pytestmark = pytest.mark.slow  # sampling with the shipped models: minutes on 2 cores
 
 SCENES, STEPS = 8, 20
 # Measured on these 8 scenes x 20 DDIM steps, shipped model | its untrained start. Prompt model: configs/demo.py

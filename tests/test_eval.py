@@ -253,6 +253,7 @@ def tiny_pipeline():
     return Pipeline(initialized_model(lambda: CustomNet(tiny_model(), rngs=nnx.Rngs(0)), seed=0))
 
 
+@pytest.mark.slow
 def test_protocol_resumes_and_scores(tiny_pipeline, embedders, tmp_path, capsys):
     out = tmp_path / "run"
     objects = synthetic_objects(out, 2, resolution=64)

@@ -1,4 +1,5 @@
-"""build_pairs (SAM + Zero-1-to-3 + BLIP-2 -> prepared pairs, SPEC §10) on tiny random models and generated photos.
+"""build_pairs (SAM + Zero-1-to-3 + BLIP-2 -> prepared pairs, docs/model.md §10) on tiny random models and generated
+photos.
 
 Random models make junk masks, views and captions: these tests check the plumbing (layout and fields that the
 pairs reader takes, the view sign convention, box enlargement, resume, sharding, filters, skip reports).
@@ -18,6 +19,7 @@ from PIL import Image
 
 from configs.tiny import tiny_model
 from customnet_jax.conditioning import view_from_degrees
+from customnet_jax.conditioning.boxes import mask_xywh as mask_bbox
 from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import abstract_model, model_with_params
 from customnet_jax.models.customnet import CustomNet
@@ -28,7 +30,7 @@ from customnet_jax.pairs.caption import Captions, Subjects
 from customnet_jax.pairs.cli import main
 from customnet_jax.pairs.filters import Filters
 from customnet_jax.pairs.prompts import Prompt, PromptSource
-from customnet_jax.pairs.segment import MaskFolder, SamSegmenter, Segment, mask_bbox
+from customnet_jax.pairs.segment import MaskFolder, SamSegmenter, Segment
 from customnet_jax.pairs.sources import Annotations, ImageItem, folder_items, load_photo, shard, tfds_items
 from customnet_jax.pairs.views import ViewSynthesizer, photo_seed, random_views
 from customnet_jax.weights.params import param_shapes
@@ -213,7 +215,7 @@ def _folder_files(folder: pathlib.Path) -> list[str]:
 
 
 def _expected_square(bbox, width: int, height: int) -> tuple[int, int, int, int]:
-    """SPEC §10 by hand: bbox scaled to the 256 canvas as int(255 x / W), the square of side int(max * 256/200)
+    """docs/model.md §10 by hand: bbox scaled to the 256 canvas as int(255 x / W), the square of side int(max * 256/200)
     centred on it."""
     x, y, w, h = bbox
     x0, y0, bw, bh = int(255 * x / width), int(255 * y / height), int(255 * w / width), int(255 * h / height)
@@ -225,6 +227,7 @@ def _expected_square(bbox, width: int, height: int) -> tuple[int, int, int, int]
 # ------------------------------------------------------------------------------------------------ the chain
 
 
+@pytest.mark.slow
 def test_cli_whole_chain_writes_what_the_pairs_reader_takes(models, photos, tmp_path, monkeypatch):
     """SAM (given boxes, a point, OWL-ViT detections) + zero123 + BLIP-2, all loaded from folders by the CLI."""
     from customnet_jax.data.pairs import read_photo
@@ -297,6 +300,7 @@ def test_cli_whole_chain_writes_what_the_pairs_reader_takes(models, photos, tmp_
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "report" not in p.name}
 
 
+@pytest.mark.slow
 def test_views_are_the_zero123_deltas_and_the_box_is_enlarged(views, photos, tmp_path):
     """meta "view" i is the delta zero123 was given to make multi_view_i (so the reader's T = -delta maps the
     view back to the photo); bbox is the object's tight box; object.json's square has side max(w, h) * 256/200."""
@@ -347,6 +351,7 @@ def test_cli_refuses_incomplete_arguments(tmp_path, capsys):
 # ------------------------------------------------------------------------------------ resume and sharding
 
 
+@pytest.mark.slow
 def test_sharding_is_disjoint_and_resume_skips_done_work(models, views, photos, tmp_path):
     """Three processes split the photos by position; a rerun after a crash redoes only what is missing."""
     images, _, _ = photos

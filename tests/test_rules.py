@@ -17,7 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import demo, tiny  # noqa: E402
-from customnet_jax.config import override  # noqa: E402
+from customnet_jax.config_files import override  # noqa: E402
 from customnet_jax.models.init import INIT_RULES, ModelInit, initial_params  # noqa: E402
 from customnet_jax.models.param_rules import RuleError, resolve  # noqa: E402
 from customnet_jax.train import optimizer as opt  # noqa: E402

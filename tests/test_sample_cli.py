@@ -8,6 +8,7 @@ from flax import nnx
 from PIL import Image
 
 from configs.tiny import tiny_model
+from customnet_jax.diffusion import samplers
 from customnet_jax.model_folder import param_tree, save_model_folder
 from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
@@ -30,6 +31,7 @@ def object_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_multi_view_sheet_and_settings(model_folder, object_file, tmp_path):
     out = tmp_path / "out"
     code = main(["--checkpoint", str(model_folder), "--object", str(object_file), "--azimuth", "-60,0,60",
@@ -42,6 +44,7 @@ def test_multi_view_sheet_and_settings(model_folder, object_file, tmp_path):
     settings = json.loads((out / "sample.json").read_text())
     assert settings["views"] == [[0.0, -60.0, 0.0], [0.0, 0.0, 0.0], [0.0, 60.0, 0.0]]
     assert settings["bbox"] == [6, 6, 58, 58] and settings["model"]["source"] == "test"
+    assert settings["sampler"] == "ddim" and settings["sampler_options"] == {"eta": 0.0, "schedule": "correct"}
     sheet = np.asarray(Image.open(out / "sample_sheet.png"))
     assert sheet.shape == (3 * 66 + 2, 3 * 66 + 2, 3)
 
@@ -51,6 +54,9 @@ def test_multi_view_sheet_and_settings(model_folder, object_file, tmp_path):
     (["--bbox", "0,0,100,10"], "outside"),
     (["--bbox", "5,5,5,20"], "zero or negative area"),
     (["--background", "missing.png"], "no background channels"),
+    (["--sampler", "dpmpp_2m", "--eta", "0.5"], "sampler dpmpp_2m does not take eta (its options: spacing)"),
+    (["--sampler", "unipc", "--steps", "1"], "steps must be between 2 and 1000 for sampler unipc"),
+    (["--sampler", "ddim", "--spacing", "leading"], "sampler ddim does not take spacing"),
 ])
 def test_refusals_write_nothing(model_folder, object_file, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -68,6 +74,23 @@ def test_missing_object_and_not_a_model_folder(model_folder, tmp_path, capsys):
     assert "not a model folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # compiles the pipeline
+def test_sampler_and_its_options_reach_the_settings(model_folder, object_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(model_folder), "--object", str(object_file), "--sampler", "dpmpp_2m",
+                 "--spacing", "leading", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+    settings = json.loads((out / "sample.json").read_text())
+    assert settings["sampler"] == "dpmpp_2m" and settings["steps"] == 3
+    assert settings["sampler_options"] == {"spacing": "leading"}
+
+
+def test_unknown_sampler_lists_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        main(["--sampler", "heun"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'heun'" in err and all(name in err for name in samplers.names())
+
+
 def test_value_lists_and_ranges():
     assert parse_values("-90:90:3", "azimuth") == [-90.0, 0.0, 90.0]
     assert parse_values("-60,-30", "azimuth") == [-60.0, -30.0]
@@ -77,6 +100,7 @@ def test_value_lists_and_ranges():
         parse_values("a:b", "polar")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("demo", ["prompt", "composition"])
 def test_built_in_demo_models_run_with_no_inputs(tmp_path, demo):
     """`sample.py` (and `--demo composition`) with nothing else: the shipped model, the built-in example's object,

@@ -10,6 +10,7 @@ import torch
 from flax import nnx
 
 from customnet_jax.models.build import abstract_model
+from customnet_jax.models.layers import set_attention
 from customnet_jax.models.vae import VAE, VAEConfig, sample_posterior
 from customnet_jax.weights import params as P
 from customnet_jax.weights import rules as R
@@ -77,6 +78,26 @@ def test_encode_decode_parity(tiny, image):
     assert out.shape == (2, 24, 16, 3)
     # measured: 1.1e-6
     assert rel_l2(out, ref_image) <= 1e-4, rel_l2(out, ref_image)
+
+
+@pytest.mark.parametrize("implementation", ["per_head", "splash"])
+def test_attention_switch_keeps_parity(tiny, implementation):
+    """The VAE's attention goes through layers.attention's switch: the CPU kernel and Pallas splash (interpret mode
+    here; the mid attention's 16 x 16 = 256 tokens are a size the kernel takes) against diffusers."""
+    model, _, reference, encode, decode = tiny
+    image = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    z = np.random.default_rng(4).standard_normal((2, 16, 16, TINY.latent_channels)).astype(np.float32)
+    with torch.no_grad():
+        ref_image = reference.decode(torch.from_numpy(z).permute(0, 3, 1, 2)).sample.permute(0, 2, 3, 1).numpy()
+    set_attention(model, implementation)
+    try:
+        mean, _ = encode(model, jnp.asarray(image))
+        out = decode(model, jnp.asarray(z))
+    finally:
+        set_attention(model, None)
+    # measured: per_head 1.2e-6 / 1.1e-6, splash 1.2e-6 / 1.1e-6
+    assert rel_l2(mean, reference_encode(reference, image)[0]) <= 1e-4
+    assert rel_l2(out, ref_image) <= 1e-4
 
 
 def test_wrong_mapping_breaks_parity(tiny, image):

@@ -1,5 +1,5 @@
 """Independent PyTorch references shared by the parity tests: diffusers UNet (+ the dual cross-attention of
-SPEC §3 as a test-side processor) and AutoencoderKL built through diffusers' own LDM converters, transformers
+docs/model.md §3 as a test-side processor) and AutoencoderKL built through diffusers' own LDM converters, transformers
 CLIP towers, and LDM-layout random weights."""
 
 import numpy as np
@@ -23,7 +23,7 @@ VAE_PREFIX = "first_stage_model."
 
 
 class DualCrossAttention(torch.nn.Module):
-    """Test-side reference of SPEC §3 as a diffusers attention processor: two softmaxes, outputs summed."""
+    """Test-side reference of docs/model.md §3 as a diffusers attention processor: two softmaxes, outputs summed."""
 
     def __init__(self, to_k_text: torch.Tensor, to_v_text: torch.Tensor):
         super().__init__()

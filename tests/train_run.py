@@ -8,8 +8,8 @@
                        save is in flight (so the kill falls between checkpoints)
 --block-finalize-step K  hold orbax's background finalisation of checkpoint K (the rename of its temporary
                        folder) forever: a kill after that lands during the async save of K
-The data are train.py's --synthetic-data source, wrapped to pause in `next()` (the loop asks for the batch
-of step N + 1 only after step N is complete).
+The data are the config's random in-memory source (data.source "random_raw" / "random_precomputed"), wrapped
+to pause in `next()` (the loop asks for the batch of step N + 1 only after step N is complete).
 """
 
 import argparse
@@ -26,7 +26,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import grain  # noqa: E402
 
 import train  # noqa: E402
-from customnet_jax.train import synthetic  # noqa: E402
 
 
 class PausingIterator(grain.DatasetIterator):
@@ -88,8 +87,7 @@ def main():
     checkpoints = pathlib.Path(args.workdir).absolute() / "checkpoints"
 
     def make_iterator(config, **kwargs):
-        inner = synthetic.make_iterator(config, num_examples=args.synthetic_examples, form=args.synthetic_data,
-                                        **kwargs)
+        inner = train.random_iterator(config)(config, **kwargs)
         return PausingIterator(inner, ours.pause_after_step, checkpoints, ours.wait_checkpoint)
 
     train.main(rest, make_iterator=make_iterator)

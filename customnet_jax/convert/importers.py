@@ -44,6 +44,7 @@ from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig
+from customnet_jax.models.conv_in import CONV_IN, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_values
 from customnet_jax.models.param_rules import path_name
@@ -148,15 +149,6 @@ def text_kv_params(shapes: Mapping[Path, tuple[int, ...]], params: Mapping[Path,
     missing = {path: shape for path, shape in shapes.items()
                if path not in params and TEXT_KV_KERNEL.search(path_name(path))}
     return initial_values(missing, seed, ((TEXT_KV_KERNEL.pattern, TEXT_KV_INITS[init]),), "text K/V init")
-
-
-def widen_conv_in(kernel: np.ndarray, in_channels: int) -> np.ndarray:
-    """conv_in kernel (3, 3, C, O) -> (3, 3, in_channels, O), the new input channels (background latent) zero."""
-    if kernel.shape[2] > in_channels:
-        raise ValueError(f"conv_in already has {kernel.shape[2]} input channels")
-    wide = np.zeros((*kernel.shape[:2], in_channels, kernel.shape[3]), np.float32)
-    wide[:, :, :kernel.shape[2]] = kernel
-    return wide
 
 
 def text_encoder_params(source: Source, config: CLIPTextConfig, progress: bool) -> dict[Path, np.ndarray]:
@@ -286,8 +278,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
             params.update(text_encoder_params(text_source, target.text_encoder, progress))
             text_record = {**_file_record(text_source.files[0], progress), "format": "clip-text"}
         if background:
-            key = ("unet", "conv_in", "kernel")
-            params[key] = widen_conv_in(params[key], target.unet.in_channels)
+            params[CONV_IN] = widen_conv_in(params[CONV_IN], target.unet.in_channels)
             provenance_init["background"] = "conv_in widened with zero kernels for the background latent"
         if shapes is not None:
             added = text_kv_params(shapes, params, text_kv_init, seed)

@@ -1,7 +1,7 @@
 """Checkpoint layouts -> one view in CustomNet names, and model configs sized from tensor shapes.
 
 Every input format is presented as a `Source`: a mapping from the names of the released `customnet_v1.pt`
-(SPEC §9; `customnet_names.customnet_rules`) to lazily read tensors, so that one set of name rules
+(docs/model.md §9; `customnet_names.customnet_rules`) to lazily read tensors, so that one set of name rules
 imports them all:
   customnet          flat state dict (customnet_v1.pt, customnet_inpaint_v1.pt)
   zero123            PyTorch-Lightning .ckpt, weights under `state_dict`; `ema` swaps in the `model_ema.*` copy

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from customnet_jax.adapters import Adapter, merged_params, model_params, name, parse_path, read_specs
 from customnet_jax.adapters import check_base as check_adapter_base
-from customnet_jax.config import from_dict
+from customnet_jax.config_files import from_dict
 from customnet_jax.convert.importers import nest
 from customnet_jax.model_folder import load_model, save_model_folder
 from customnet_jax.models.customnet import CustomNetConfig

@@ -52,7 +52,7 @@ class ViewsConfig(_SplitsConfig):
 
 @dataclasses.dataclass
 class PairsConfig(_SplitsConfig):
-    path: str = ""  # a folder of per-photo folders (SPEC §10) or a .jsonl manifest
+    path: str = ""  # a folder of per-photo folders (docs/model.md §10) or a .jsonl manifest
     image_size: int = 256
 
 

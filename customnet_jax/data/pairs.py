@@ -1,7 +1,7 @@
 """Prepared pairs from natural pictures (SAM + zero123 + BLIP-2 output) -> raw records.
 
 Two inputs:
-- a folder of per-photo folders as the original data scripts write them (SPEC §10): input.jpg (the photo =
+- a folder of per-photo folders as the original data scripts write them (docs/model.md §10): input.jpg (the photo =
   target), mask.jpg (object mask), multi_view_NN.jpg (zero123 views of the object on white), meta.json
   {"caption", "bbox": [x, y, w, h] in photo pixels, "view": [[polar, azimuth, radius] degrees per view]},
   optional caption.json {"caption": [...]}. One record per view i: T = view_from_degrees(-polar, -azimuth,
@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data.images import clip_box, resize_rgb, whiten
+from customnet_jax.conditioning.boxes import centred_square, clip_box, mask_xywh
+from customnet_jax.data.images import resize_rgb, whiten
 from customnet_jax.data.records import BadData, SkipReport, raw_record
 from customnet_jax.data.views import split_ids
 
@@ -57,18 +58,14 @@ def _json(path: pathlib.Path) -> dict:
 
 
 def enlarged_box(bbox, width: int, height: int) -> tuple[int, int, int, int]:
-    """SPEC §10: photo bbox [x, y, w, h] -> square (x0, y0, x1, y1) in 256-canvas pixels, side max(w, h) * 256/200."""
+    """docs/model.md §10: photo bbox [x, y, w, h] -> square (x0, y0, x1, y1) in 256-canvas pixels, side
+    max(w, h) * 256/200."""
     x, y, w, h = (float(v) for v in bbox)
     x0, y0 = int(255 * x / width), int(255 * y / height)
     bw, bh = int(255 * w / width), int(255 * h / height)
     side = int(max(bw, bh) * 256 / 200)
-    left, top = math.floor(x0 + bw / 2 - side / 2), math.floor(y0 + bh / 2 - side / 2)
+    left, top = (math.floor(v) for v in centred_square((x0, y0, bw, bh), side)[:2])
     return left, top, left + side, top + side
-
-
-def _mask_bbox(mask: np.ndarray) -> list[int]:
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _caption(folder: pathlib.Path, meta: dict) -> str:
@@ -93,7 +90,7 @@ def read_photo(folder: pathlib.Path, size: int, report: SkipReport) -> Iterator[
         raise BadData(folder / "mask.jpg", f"mask is {mask.shape[::-1]}, photo {photo.shape[1::-1]}")
     if not mask.any():
         raise BadData(folder / "mask.jpg", "empty mask")
-    bbox = meta.get("bbox", _mask_bbox(mask))
+    bbox = meta.get("bbox", mask_xywh(mask))
     if len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox) or min(bbox[2], bbox[3]) <= 0:
         raise BadData(folder / "meta.json", f"bbox {bbox} is not [x, y, w, h] with w, h > 0")
     box = enlarged_box(bbox, photo.shape[1], photo.shape[0])

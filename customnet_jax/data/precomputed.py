@@ -1,10 +1,7 @@
 """Encode the frozen parts once: a raw dataset -> a precomputed tfds dataset (no VAE / CLIP in the train step).
 
-Per example: target_mean / target_logvar (VAE posterior of the target, unscaled: the step samples it and scales
-by latent_scale), location_latent / background_latent (posterior mode = mean, unscaled, SPEC §6),
-image_embedding (CLIP, before cc_projection), text_embedding (77 x D, stored float16; only for models with a
-text encoder), view, box (fractions of the side, as in the raw record), plus id and caption. Drop flags are still
-drawn by the pipeline at read time.
+Per example: the precomputed form of `conditioning.batch` (target posterior, location and background latents,
+CLIP embeddings, view, box), plus id and caption. Drop flags are still drawn by the pipeline at read time.
 """
 
 from __future__ import annotations
@@ -21,12 +18,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import nnx
 
+from customnet_jax.conditioning.batch import ENCODER_INPUTS, TEXT_LENGTH, precomputed_fields
 from customnet_jax.data.builders import config_name
 from customnet_jax.data.pipeline import dataset_path, open_source
 from customnet_jax.data.transforms import DecodeRaw
 from customnet_jax.experiment import Config
-
-IMAGE_KEYS = ("target", "location", "background", "object")
 
 
 @dataclasses.dataclass
@@ -37,22 +33,16 @@ class PrecomputedConfig(tfds.core.BuilderConfig):
     latent_channels: int = 4
     embedding_dim: int = 768  # CLIP image embedding
     text_dim: int = 768  # text embedding width; 0: no text encoder (Zero-1-to-3)
-    text_length: int = 77
+    text_length: int = TEXT_LENGTH
     batch_size: int = 16
 
 
 def precomputed_features(c: PrecomputedConfig) -> tfds.features.FeaturesDict:
-    def latent():
-        return tfds.features.Tensor(shape=(c.latent_size, c.latent_size, c.latent_channels), dtype=np.float32)
-
-    features = {"id": tfds.features.Text(), "caption": tfds.features.Text(),
-                "target_mean": latent(), "target_logvar": latent(), "location_latent": latent(),
-                "background_latent": latent(),
-                "image_embedding": tfds.features.Tensor(shape=(c.embedding_dim,), dtype=np.float32),
-                "view": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                "box": tfds.features.Tensor(shape=(4,), dtype=np.float32)}
-    if c.text_dim:
-        features["text_embedding"] = tfds.features.Tensor(shape=(c.text_length, c.text_dim), dtype=np.float16)
+    """The tfds features of conditioning.batch's precomputed form (stored dtypes), plus id and caption."""
+    fields = precomputed_fields(c.latent_size, c.latent_channels, c.embedding_dim, c.text_dim, c.text_length)
+    features = {"id": tfds.features.Text(), "caption": tfds.features.Text()}
+    for key, field in fields.items():
+        features[key] = tfds.features.Tensor(shape=field.shape, dtype=field.stored or field.dtype)
     return tfds.features.FeaturesDict(features)
 
 
@@ -84,7 +74,7 @@ class CustomnetPrecomputed(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         ds = grain.MapDataset.source(source).map(DecodeRaw(c.resolution, keep_id=True)).batch(c.batch_size)
         start = 0
         for batch in ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)):
-            out = self.encoder({k: batch[k] for k in (*IMAGE_KEYS, "tokens")})
+            out = self.encoder({k: batch[k] for k in ENCODER_INPUTS})
             for j in range(len(batch["id"])):
                 record = {k: v[j] for k, v in out.items()}
                 if "text_embedding" in record:
@@ -113,9 +103,10 @@ def make_encoder(model, batch_size: int) -> Encoder:
     def run(batch: dict) -> dict:
         n = len(batch["target"])
         padded = [np.concatenate([batch[k], np.repeat(batch[k][-1:], batch_size - n, 0)])
-                  for k in (*IMAGE_KEYS, "tokens")]
+                  for k in ENCODER_INPUTS]
         return {k: np.asarray(v)[:n] for k, v in encode(state, *padded).items()}
 
+    run.program = encode  # the jitted program itself, for ahead-of-time compilation (customnet_jax/aot)
     return run
 
 

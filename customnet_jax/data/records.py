@@ -6,7 +6,7 @@ A raw record (the same for the synthetic world, Zero-1-to-3 renders and prepared
   object   PNG (S, S, 3) uint8  the condition view of the object, centred on white
   view     float32 (4,)  T = [dpolar (rad), sin(dazimuth), cos(dazimuth), dradius], condition -> target
   box      float32 (4,)  (x0, y0, x1, y1) as fractions of the side (x = column); may reach outside
-                         [0, 1] (SPEC §10 enlarged boxes: the object is cropped with the canvas)
+                         [0, 1] (enlarged boxes, docs/conditioning.md: the object is cropped)
   caption  text
 The background (the target with the box painted white) and the location canvas are made by the pipeline.
 """

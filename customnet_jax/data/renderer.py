@@ -5,7 +5,7 @@ coloured by which half of the object they face (colour A / colour B, in alternat
 whose top faces have a third colour, so every viewpoint looks different; a fixed world light shades them.
 Cameras follow the Zero-1-to-3 / Blender convention: z is up, a camera at spherical (polar from +z, azimuth,
 radius) looks at the origin, and `Camera.rt()` is its 3x4 world->camera matrix (camera looks along -z, y up),
-so `conditioning.view_from_cameras(target.rt(), condition.rt())` is the relative view T of SPEC §4.
+so `conditioning.view_from_cameras(target.rt(), condition.rt())` is the relative view T of docs/model.md §4.
 """
 
 from __future__ import annotations

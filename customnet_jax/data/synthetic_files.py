@@ -1,7 +1,7 @@
 """Source folders made from the synthetic world, in the layouts the real-data readers take.
 
 `write_views_folder` writes Zero-1-to-3's `views_release` layout (NNN.png RGBA + NNN.npy world->camera),
-`write_photo_folders` the per-photo layout of SPEC §10 (input.jpg, mask.jpg, multi_view_NN.jpg, meta.json,
+`write_photo_folders` the per-photo layout of docs/model.md §10 (input.jpg, mask.jpg, multi_view_NN.jpg, meta.json,
 caption.json), `write_backgrounds` a folder of background pictures. Used as test fixtures and demos.
 """
 
@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from customnet_jax.conditioning.boxes import mask_xywh
 from customnet_jax.data.synthetic import (
     World,
     background,
@@ -67,7 +68,7 @@ def write_backgrounds(root: str | pathlib.Path, count: int, size: int, *, seed: 
 
 def write_photo_folders(root: str | pathlib.Path, num_photos: int, views_per_photo: int, *,
                         world: World | None = None, seed: int = 0) -> dict[str, dict]:
-    """Per-photo folders (SPEC §10): a non-square 'photo' of an object in a box on a background, its mask, and
+    """Per-photo folders (docs/model.md §10): a non-square 'photo' of an object in a box on a background, its mask, and
     zero123-like views of the object at relative views (polar, azimuth in +-[0, 60) degrees) with the deltas in
     meta.json. Returns folder name -> {spec, camera, deltas, caption}."""
     root, world = pathlib.Path(root), world or World()
@@ -85,8 +86,7 @@ def write_photo_folders(root: str | pathlib.Path, num_photos: int, views_per_pho
         photo[y0:y1, x0:x1] = over(rgba, photo[y0:y1, x0:x1])
         mask = np.zeros((height, width), np.uint8)
         mask[y0:y1, x0:x1] = np.where(rgba[..., 3] > 127, 255, 0)
-        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-        bbox = [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+        bbox = mask_xywh(mask)
         deltas = [[float(rng.choice([-1, 1]) * rng.uniform(0, 30)), float(rng.choice([-1, 1]) * rng.uniform(0, 60)),
                    0.0] for _ in range(views_per_photo)]
         caption = f"{spec.caption()} {bg_spec.phrase()}"

@@ -11,12 +11,11 @@ import functools
 import grain
 import numpy as np
 
-from customnet_jax.data import images
-
-RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens")
-PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
-                    "text_embedding", "view", "box")
-DROP_KEYS = ("drop_image", "drop_object", "drop_text")
+from customnet_jax.conditioning.batch import PRECOMPUTED_KEYS
+from customnet_jax.conditioning.boxes import box_pixels
+from customnet_jax.conditioning.canvas import background_canvas, location_canvas
+from customnet_jax.conditioning.images import to_float
+from customnet_jax.data.images import resize_rgb
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -42,19 +41,18 @@ def _text(value) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeRaw(grain.transforms.Map):
-    """Raw record -> target, object, location, background (float32 (R, R, 3) in [-1, 1]), view, box (fractions),
-    tokens (+ id and caption strings with keep_id)."""
+    """Raw record -> the raw form of conditioning.batch (+ id and caption strings with keep_id)."""
 
     resolution: int
     keep_id: bool = False
 
     def map(self, record: dict) -> dict:
         size = self.resolution
-        target = images.to_float(images.resize_rgb(record["target"], size))
-        obj = images.to_float(images.resize_rgb(record["object"], size))
-        box = images.box_pixels(record["box"], size)
-        out = {"target": target, "object": obj, "location": images.location_canvas(obj, box, size),
-               "background": images.background_canvas(target, box),
+        target = to_float(resize_rgb(record["target"], size))
+        obj = to_float(resize_rgb(record["object"], size))
+        box = box_pixels(record["box"], size)
+        out = {"target": target, "object": obj, "location": location_canvas(obj, box, size, outside=True),
+               "background": background_canvas(target, box, size, outside=True),
                "view": np.asarray(record["view"], np.float32), "box": np.asarray(record["box"], np.float32),
                "tokens": caption_tokens(_text(record["caption"]))}
         if self.keep_id:
@@ -64,8 +62,8 @@ class DecodeRaw(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class DecodePrecomputed(grain.transforms.Map):
-    """Precomputed record -> latents and embeddings as float32 (text embeddings are stored as float16; datasets
-    precomputed before the box was stored have none)."""
+    """Precomputed record -> the precomputed form of conditioning.batch (float32; text embeddings are stored as
+    float16; datasets precomputed before the box was stored have none)."""
 
     keep_id: bool = False
 
@@ -78,8 +76,8 @@ class DecodePrecomputed(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class DrawDropout(grain.transforms.RandomMap):
-    """SPEC §7 condition-dropout flags: one r ~ U[0, 1) gives drop_image (r < p_image) and drop_object
-    (lo <= r < hi); drop_text is an independent draw with probability p_text. The training step applies them."""
+    """The condition-dropout flags (docs/conditioning.md): one r ~ U[0, 1) gives drop_image (r < p_image) and
+    drop_object (lo <= r < hi); drop_text is an independent draw with probability p_text. The step applies them."""
 
     image_dropout: float
     object_latent_dropout: tuple[float, float]

@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from customnet_jax.conditioning import view_from_degrees
-from customnet_jax.data import images, synthetic
+from customnet_jax.conditioning.images import to_float
+from customnet_jax.conditioning.view import view_from_degrees
+from customnet_jax.data import synthetic
 from customnet_jax.evaluation import measures
 
 HELD_OUT_WORLD_SEED = 1
@@ -159,7 +160,7 @@ def object_error(picture: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> fl
 
 def condition_object(scene: synthetic.Scene) -> np.ndarray:
     """The scene's object as the model is given it: the condition view on white, float (R, R, 3) in [-1, 1]."""
-    return images.to_float(scene.object)
+    return to_float(scene.object)
 
 
 def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0, guidance: float = 3.0,
@@ -180,7 +181,7 @@ def evaluate(pipeline: Any, num_scenes: int = 16, steps: int = 25, seed: int = 0
                                                             *sheet_views],
                             bbox=scene.box_pixels, prompt=scene.caption, steps=steps, seed=seed + index,
                             guidance=guidance, progress=False,
-                            background=images.to_float(scene.background) if composition else None).images[:, 0]
+                            background=to_float(scene.background) if composition else None).images[:, 0]
         found = [foreground_pixels(p, scene.box_pixels) for p in pictures]
         box = measures.mask_box(found[0]) or (0, 0, 0, 0)
         truth, mask = truths[0]
@@ -239,9 +240,10 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     import jax.numpy as jnp
     from flax import nnx
 
+    from customnet_jax.conditioning.features import frozen_features
     from customnet_jax.data import transforms
     from customnet_jax.diffusion.schedule import alphas_cumprod
-    from customnet_jax.train.step import conditioning, denoising_loss
+    from customnet_jax.train.step import denoising_loss
 
     model, config = nnx.merge(pipeline.graphdef, pipeline.state), pipeline.config
     scenes = [held_out_scene(i, config.resolution) for i in range(num_scenes)]
@@ -252,7 +254,7 @@ def view_use(pipeline: Any, num_scenes: int = 32, timesteps: tuple[int, ...] = (
     flags, size = jnp.zeros(num_scenes, bool), config.latent_size
     batch.update(drop_image=flags, drop_object=flags, drop_text=flags,
                  posterior_noise=jnp.zeros((num_scenes, size, size, config.latent_channels)))  # posterior means
-    feats = conditioning(model, types.SimpleNamespace(model=config), batch,
+    feats = frozen_features(model, types.SimpleNamespace(model=config), batch,
                          None if config.is_zero123 else jnp.zeros((1, 1, config.context_dim)))
     alphas = jnp.asarray(alphas_cumprod(pipeline.diffusion))
     noise = jax.random.normal(jax.random.PRNGKey(seed), (len(timesteps), *feats["z0"].shape))

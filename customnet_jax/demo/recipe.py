@@ -11,6 +11,9 @@
     8. ship it                                                     customnet_jax/assets/demo_composition_model
 Each stage is skipped when its output exists, so an interrupted recipe continues where it stopped
 (the training stages 5 and 7 resume from their last checkpoints). Each stage's minutes are logged.
+The config files say where everything goes (train.init_from = <workdir>/init, data.path =
+<workdir>/precomputed, the composition's train.init_from = <workdir>/run/model); the recipe adds only what it
+measures: the demo VAE's latent scale.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import pathlib
 import shutil
 import time
 
-from customnet_jax.config import load_config, override
-from customnet_jax.experiment import Config, DataConfig
+from customnet_jax.config_files import load_config, override
+from customnet_jax.experiment import Config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "customnet_jax" / "assets" / "demo_model"
@@ -71,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.py"))
     parser.add_argument("--composition-config", default=str(ROOT / "configs" / "demo_composition.py"),
                         help="stage 7 ('' to skip it)")
-    parser.add_argument("--workdir", default=str(ROOT / "workdirs" / "demo"))
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--decoder-steps", type=int, default=0, help="then the VAE decoder alone (measured: no gain)")
     parser.add_argument("--no-ship", action="store_true", help="do not copy the result into the package")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a field of both config files (e.g. train.num_steps=8000)")
     args = parser.parse_args(argv)
 
     import jax
@@ -85,11 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     from customnet_jax.model_folder import load_model
     from customnet_jax.train.loop import train
 
-    workdir = pathlib.Path(args.workdir).absolute()
     config = override(load_config(args.config), args.overrides)
-    config = dataclasses.replace(
-        config, train=dataclasses.replace(config.train, init_from=str(workdir / "init")),
-        data=dataclasses.replace(config.data, path=str(workdir / "precomputed")))
+    workdir = pathlib.Path(config.train.init_from).absolute().parent  # the config's <workdir>/init
     started = lap = time.time()
 
     def finished(what: str) -> None:
@@ -100,33 +100,31 @@ def main(argv: list[str] | None = None) -> None:
     init = make_init_folder(config, workdir, args.vae_steps, args.decoder_steps)
     finished("world and demo VAE (stages 1-3)")
     model, folder = load_model(init)
-    config = dataclasses.replace(config, model=folder.model)  # with the VAE's latent scale
-    precomputed = workdir / "precomputed"
+    latent_scale = folder.model.latent_scale  # measured on the demo VAE (stage 2)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, latent_scale=latent_scale))
+    precomputed = pathlib.Path(config.data.path)
     if not any(precomputed.glob("**/dataset_info.json")):
         log("precomputing the frozen encoders' outputs")
-        precomputed = precompute(raw_config(config, workdir), model, precomputed, batch_size=64, name="demo")
+        precompute(raw_config(config, workdir), model, precomputed, batch_size=64, name="demo")
     finished("precomputing (stage 4)")
-    data = DataConfig(**{**dataclasses.asdict(config.data), "source": "precomputed", "path": str(precomputed)})
-    config = dataclasses.replace(config, data=data)
 
     log("training (resumes from workdir/run/checkpoints if present)")
     train(config, workdir / "run", log=log)
     finished("training (stage 5)")
     exported = workdir / "run" / "model"
 
-    def fine_tune(path: str, init: pathlib.Path, name: str, what: str) -> pathlib.Path:
-        """train.py on config file `path` from the model folder `init`, with stage 5's data and latent scale."""
+    def fine_tune(path: str, name: str, what: str) -> pathlib.Path:
+        """train.py on config file `path` (its train.init_from: a model folder of an earlier stage), with the
+        demo VAE's latent scale."""
         stage = override(load_config(path), args.overrides)
-        model = dataclasses.replace(config.model, unet=stage.model.unet)  # in_channels may differ
-        stage = dataclasses.replace(stage, model=model, data=config.data,
-                                    train=dataclasses.replace(stage.train, init_from=str(init)))
-        log(f"fine-tuning: {what} (resumes from workdir/{name}/checkpoints)")
+        stage = dataclasses.replace(stage, model=dataclasses.replace(stage.model, latent_scale=latent_scale))
+        log(f"fine-tuning: {what} from {stage.train.init_from} (resumes from workdir/{name}/checkpoints)")
         train(stage, workdir / name, log=log)
         return workdir / name / "model"
 
     ship = [(exported, SHIPPED)]
     if args.composition_config:
-        composition = fine_tune(args.composition_config, exported, "composition", "the composition variant")
+        composition = fine_tune(args.composition_config, "composition", "the composition variant")
         finished("composition variant (stage 7)")
         ship.append((composition, SHIPPED_COMPOSITION))
     for source, destination in ship if not args.no_ship else []:

@@ -1,1 +1,1 @@
-"""Noise schedule and samplers (DDIM with classifier-free guidance)."""
+"""The noise schedule (schedule.py) and the samplers that walk it (samplers/)."""

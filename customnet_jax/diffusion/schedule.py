@@ -1,4 +1,4 @@
-"""The DDPM noise schedule: Stable Diffusion 1.x's by default ("scaled_linear" betas, eps prediction, SPEC §7).
+"""The DDPM noise schedule: Stable Diffusion 1.x's by default ("scaled_linear" betas, eps prediction, docs/model.md §7).
 
 Optionally (Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed") the betas are
 rescaled to zero terminal SNR, so that x_T is pure noise in training as it is in sampling; that needs the

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from customnet_jax.diffusion.ddim import SCHEDULES
+from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 
 
 def _add_metric_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def _add_metric_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eval.py", description="CustomNet evaluation: DINO-I, CLIP-I, CLIP-T "
-                                "(the paper's table, SPEC §11) and ground-truth measures.")
+                                "(the paper's table, docs/model.md §11) and ground-truth measures.")
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("metrics", help="score a folder of generated pictures (sample.py / protocol output)")
@@ -63,10 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default 0.15,0.15,0.85,0.85)")
     r.add_argument("--background", help="background picture for a composition model (objects without their own)")
     r.add_argument("--num-samples", type=int, default=1)
-    r.add_argument("--steps", type=int, default=50)
     r.add_argument("--guidance", type=float, default=3.0)
-    r.add_argument("--eta", type=float, default=0.0)
-    r.add_argument("--schedule", choices=SCHEDULES, default=None, help="DDIM grid (default: the model's)")
+    add_sampling_arguments(r)
     r.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)
@@ -75,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "on held-out scenes against their ground-truth renders")
     d.add_argument("--checkpoint", help="model folder (default: the built-in demo model)")
     d.add_argument("--scenes", type=int, default=16, help="held-out scenes")
-    d.add_argument("--steps", type=int, default=25, help="DDIM steps")
     d.add_argument("--guidance", type=float, default=3.0)
+    add_sampling_arguments(d, steps=25)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", help="also write the scores here")
     d.add_argument("--figure", help="also write a PNG: object, truth, picture at the requested view, picture at "
@@ -97,7 +95,11 @@ def _demo(args: argparse.Namespace) -> int:
     folder = pathlib.Path(args.checkpoint) if args.checkpoint else DEMO_FOLDER
     figure_rows = [] if args.figure else None
     pipeline = Pipeline.from_folder(folder)
-    scores = evaluate(pipeline, args.scenes, args.steps, args.seed, args.guidance, figure_rows=figure_rows)
+    chosen = sampling_options(args)  # evaluate() calls the pipeline with steps only: set its default sampler
+    if chosen["sampler"] is not None:
+        pipeline.sampler, pipeline.sampler_options = chosen["sampler"], {}
+    pipeline.sampler_options.update(chosen["sampler_options"])
+    scores = evaluate(pipeline, args.scenes, chosen["steps"], args.seed, args.guidance, figure_rows=figure_rows)
     use = view_use(pipeline, max(args.scenes, 32), seed=args.seed)
     print(f"model: {folder}\n{scores.table()}\nview use (training loss on the object's box with one part of T wrong, "
           "vs right; 0: ignored): " + ", ".join(f"{part} {value:+.1%}" for part, value in use.items()))
@@ -171,14 +173,17 @@ def _protocol(args: argparse.Namespace) -> int:
     except ValueError:
         raise SystemExit(f"--seeds {args.seeds!r}: give comma-separated integers") from None
     bbox = tuple(float(v) for v in args.bbox.split(",")) if args.bbox else P.DEFAULT_BBOX
+    chosen = sampling_options(args)
+    if chosen["sampler"] is None:  # the model's default sampler, recorded in protocol.json
+        chosen.update(sampler=pipeline.sampler, sampler_options={**pipeline.sampler_options,
+                                                                 **chosen["sampler_options"]})
     protocol = P.Protocol(
         objects=objects, prompts=prompts[: args.num_prompts], seeds=seeds,
         views=P.protocol_views(views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                                           parse_values(args.radius, "radius"))),
         bbox=bbox, template=args.template,
         background=str(pathlib.Path(args.background).resolve()) if args.background else None,
-        num_samples=args.num_samples, steps=args.steps, guidance=args.guidance, eta=args.eta,
-        schedule=args.schedule, model=label)
+        num_samples=args.num_samples, guidance=args.guidance, model=label, **chosen)
     print(f"model: {label}\n{P.grid_summary(protocol)} -> {out}")
     summary = P.run_protocol(pipeline, protocol, out)
     print(f"sampled {summary['sampled']}, already done {summary['skipped']} of {summary['cells']} cells "

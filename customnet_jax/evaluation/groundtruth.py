@@ -34,7 +34,7 @@ def known_background(settings: dict, base: pathlib.Path) -> np.ndarray | None:
 
     size = int(settings["resolution"])
     image = conditioning.resize(conditioning.load_rgb(path), size, "bilinear")
-    return np.rint((np.clip(image, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return conditioning.to_uint8(image)
 
 
 def synthetic_scene(info: dict) -> Any:

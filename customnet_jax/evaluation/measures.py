@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from customnet_jax.conditioning.boxes import mask_box
+
 Box = tuple[int, int, int, int]
 PSNR_CAP_DB = 100.0
 
@@ -75,14 +77,6 @@ def foreground_mask(image: np.ndarray, background: np.ndarray, threshold: float 
     if a.shape != b.shape:
         raise ValueError(f"image {a.shape} and background {b.shape} differ in shape")
     return open_mask(np.abs(a - b).max(-1) > threshold, open_iterations)
-
-
-def mask_box(mask: np.ndarray) -> Box | None:
-    """Bounding box (x0, y0, x1, y1) of the True pixels, None if there are none."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if len(rows) == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
 def location_iou(image: np.ndarray, background: np.ndarray, requested: Sequence[int], threshold: float = 0.1,

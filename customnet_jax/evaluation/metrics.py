@@ -1,4 +1,4 @@
-"""The paper's metrics (SPEC §11) over a folder of generated pictures, per picture and aggregated.
+"""The paper's metrics (docs/model.md §11) over a folder of generated pictures, per picture and aggregated.
 
 - DINO-I: cosine of the DINO embeddings of the generated object and the reference object image.
 - CLIP-I: cosine of the CLIP image embeddings of the same two pictures.

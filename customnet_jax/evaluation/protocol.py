@@ -1,4 +1,5 @@
-"""The paper's evaluation protocol (SPEC §11) as a resumable run: objects x prompts x seeds x views, then metrics.
+"""The paper's evaluation protocol (docs/model.md §11) as a resumable run: objects x prompts x seeds x views, then
+metrics.
 
 Layout of a run folder:
 
@@ -72,8 +73,8 @@ class Protocol:
     num_samples: int = 1
     steps: int = 50
     guidance: float = 3.0
-    eta: float = 0.0
-    schedule: str | None = None  # DDIM grid; None: the model's default (pipeline)
+    sampler: str = "ddim"  # diffusion/samplers
+    sampler_options: dict = dataclasses.field(default_factory=dict)  # missing: the sampler's default
     model: str = ""
 
     def to_dict(self) -> dict:
@@ -224,7 +225,8 @@ def run_cell(pipeline: Any, protocol: Protocol, cell: Cell, out: pathlib.Path) -
     result = pipeline(picture, bbox=obj.bbox or protocol.bbox, views=protocol.views,
                       prompt=protocol.prompt_text(obj, prompt), background=background_file,
                       num_samples=protocol.num_samples, seed=cell.seed, steps=protocol.steps,
-                      guidance=protocol.guidance, eta=protocol.eta, schedule=protocol.schedule, progress=False)
+                      guidance=protocol.guidance, sampler=protocol.sampler,
+                      sampler_options=protocol.sampler_options, progress=False)
     result.settings.update(object_id=obj.id, object_name=obj.name, object_file=_relative(obj.file, folder),
                            prompt_index=cell.prompt_index, background_text=prompt,
                            background_file=_relative(background_file, folder), synthetic=obj.synthetic,
@@ -275,7 +277,7 @@ def grid_summary(protocol: Protocol) -> str:
     sizes = (len(protocol.objects), len(protocol.prompts), len(protocol.seeds), len(protocol.views))
     return (f"{sizes[0]} objects x {sizes[1]} prompts x {sizes[2]} seeds x {sizes[3]} views x "
             f"{protocol.num_samples} samples = {int(np.prod(sizes)) * protocol.num_samples} pictures "
-            f"({protocol.num_cells} pipeline calls, {protocol.steps} DDIM steps)")
+            f"({protocol.num_cells} pipeline calls, {protocol.steps} {protocol.sampler} steps)")
 
 
 def protocol_views(values: Sequence[Sequence[float]]) -> tuple[tuple[float, float, float], ...]:

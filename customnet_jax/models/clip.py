@@ -84,10 +84,12 @@ class Block(nnx.Module):
         self.fc1 = linear(width, mlp_dim)
         self.fc2 = linear(mlp_dim, width)
         self.heads, self.causal, self.activation = heads, causal, activation
+        self.attention_implementation: str | None = None  # layers.attention's; set by layers.set_attention
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = self.ln_1(x)
-        x = x + self.out(layers.attention(self.q(h), self.k(h), self.v(h), self.heads, causal=self.causal))
+        x = x + self.out(layers.attention(self.q(h), self.k(h), self.v(h), self.heads, causal=self.causal,
+                                            implementation=self.attention_implementation))
         return x + self.fc2(ACTIVATIONS[self.activation](self.fc1(self.ln_2(x))))
 
 
@@ -103,7 +105,7 @@ class CLIPTextEncoder(nnx.Module):
     Causal self-attention and no padding mask, as Stable Diffusion calls `CLIPTextModel`.
     """
 
-    def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, config: CLIPTextConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str | None = None):
         self.config, self.dtype = config, dtype
         self.token_embedding = nnx.Embed(config.vocab_size, config.width, dtype=dtype, param_dtype=jnp.float32,
                                          embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
@@ -111,6 +113,7 @@ class CLIPTextEncoder(nnx.Module):
                                                                            (config.max_length, config.width)))
         self.layers = _blocks(config, causal=True, rngs=rngs, dtype=dtype)
         self.final_layer_norm = layers.LayerNorm(config.width, epsilon=config.layer_norm_eps, rngs=rngs)
+        layers.set_attention(self, attention)  # layers.attention's implementation (None: jax's)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= self.config.max_length:
@@ -132,7 +135,7 @@ class CLIPImageEncoder(nnx.Module):
     post_layernorm(CLS token) @ projection, not normalised (= transformers `image_embeds`).
     """
 
-    def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, config: CLIPVisionConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str | None = None):
         self.config, self.dtype = config, dtype
         p, width = config.patch_size, config.width
         self.patch_embedding = nnx.Conv(3, width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
@@ -145,6 +148,7 @@ class CLIPImageEncoder(nnx.Module):
         self.ln_post = layers.LayerNorm(width, epsilon=config.layer_norm_eps, rngs=rngs)
         self.projection = nnx.Linear(width, config.projection_dim, use_bias=False, dtype=dtype,
                                      param_dtype=jnp.float32, rngs=rngs)
+        layers.set_attention(self, attention)
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         size = self.config.image_size

@@ -1,4 +1,4 @@
-"""CustomNet: the denoising UNet with its frozen encoders and the object/view embedding (SPEC §1, §4).
+"""CustomNet: the denoising UNet with its frozen encoders and the object/view embedding (docs/model.md §1, §4).
 
 Pure Flax, no I/O. The pieces a sampler or a training step needs:
   object_token(object_image, view)   CLIP image embedding ++ T -> cc_projection -> (B, 1, 768)
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from customnet_jax.conditioning import clip_preprocess
+from customnet_jax.models import layers
 from customnet_jax.models.clip import CLIPImageEncoder, CLIPTextConfig, CLIPTextEncoder, CLIPVisionConfig
 from customnet_jax.models.unet import UNet, UNetConfig
 from customnet_jax.models.vae import VAE, VAEConfig
@@ -88,7 +89,7 @@ def identity_projection_init(key, shape, dtype=jnp.float32) -> jax.Array:
 
 
 class CustomNet(nnx.Module):
-    def __init__(self, config: CustomNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+    def __init__(self, config: CustomNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool | str = False,
                  attention: str | None = None):
         self.config = config
         self.unet = UNet(config.unet, rngs=rngs, dtype=dtype, remat=remat, attention=attention)
@@ -96,6 +97,7 @@ class CustomNet(nnx.Module):
         self.image_encoder = CLIPImageEncoder(config.image_encoder, rngs=rngs, dtype=dtype)
         self.text_encoder = (None if config.text_encoder is None
                              else CLIPTextEncoder(config.text_encoder, rngs=rngs, dtype=dtype))
+        layers.set_attention(self, attention)  # every network's attention: UNet, VAE, both CLIP towers
         embed = config.image_encoder.projection_dim
         self.cc_projection = nnx.Linear(embed + VIEW_DIM, config.context_dim, kernel_init=identity_projection_init,
                                         bias_init=nnx.initializers.zeros, rngs=rngs)

@@ -6,7 +6,7 @@ parameter starts is an ordered (regex -> initialiser name) list over "/"-joined 
 (`param_rules`); `INIT_RULES` is LDM's scheme: fan-in scaled normals, zero biases, unit norm scales, and
 zero-initialised output layers of every residual branch (`zero_module` in LDM: res-block conv2, transformer
 proj_out, the UNet's final conv), so a fresh UNet starts as an identity-like map; cc_projection starts as the
-identity on the CLIP columns and zero on the view columns (Zero-1-to-3's init, docs/CONVENTIONS.md). Low-rank
+identity on the CLIP columns and zero on the view columns (Zero-1-to-3's init, docs/model.md §4). Low-rank
 adapters start as PEFT's LoRA: A as torch's nn.Linear init, B at zero (the adapted model starts as the base).
 """
 

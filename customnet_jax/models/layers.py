@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
+
+from customnet_jax.models import pallas_attention
 
 
 class GroupNorm(nnx.Module):
@@ -39,22 +45,68 @@ def split_heads(x: jax.Array, heads: int) -> jax.Array:
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "per_head")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "per_head", "splash")
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, causal: bool = False,
               implementation: str | None = None) -> jax.Array:
-    """Multi-head scaled dot-product attention, scale head_dim^-0.5, softmax in float32.
+    """Multi-head scaled dot-product attention, scale head_dim^-0.5, softmax in float32: the one switch that every
+    network's attention (UNet, VAE, CLIP) goes through.
 
     q: (B, Tq, C), k/v: (B, Tk, C) -> (B, Tq, C). `implementation`: None (jax's choice), "xla", "cudnn"
-    (jax.nn.dot_product_attention's), or "per_head": one (sample, head) at a time, for CPUs (`per_head_attention`).
+    (jax.nn.dot_product_attention's), "per_head": one (sample, head) at a time, for CPUs (`per_head_attention`),
+    or "splash": the Pallas TPU kernel, run per device under `shard_map` over the mesh the caller runs under
+    (`under_mesh`; see `models/pallas_attention.py`).
     """
     if implementation == "per_head":
         return per_head_attention(q, k, v, heads, causal=causal)
+    if implementation == "splash":
+        out = pallas_attention.splash_attention(q, k, v, heads, causal=causal)
+        if out is not None:
+            return out  # else: a shape the kernel does not take (short or odd sequences): jax's attention below
     batch, length, channels = q.shape
     out = jax.nn.dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads),
-                                       is_causal=causal, implementation=implementation)
+                                       is_causal=causal, implementation=None if implementation == "splash" else
+                                       implementation)
     return out.reshape(batch, length, channels)
+
+
+REMAT_POLICIES = {  # what a rematerialised block keeps from its forward pass (jax.checkpoint_policies)
+    "full": None,  # nothing: the whole block is recomputed in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # matmul / conv outputs kept
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),  # kept in host RAM
+}
+
+
+def remat_policy(remat: bool | str) -> tuple[bool, object]:
+    """`remat` as given to the networks (False, True = "full", or a REMAT_POLICIES name) -> (on, policy)."""
+    if remat is False or remat is None:
+        return False, None
+    name = "full" if remat is True else remat
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r}: use False, True or one of {tuple(REMAT_POLICIES)}")
+    return True, REMAT_POLICIES[name]
+
+
+def set_attention(model: nnx.Module, implementation: str | None) -> None:
+    """Choose `attention`'s implementation for every attention of `model` (modules with an
+    `attention_implementation` attribute: the UNet's, the VAE's and both CLIP towers')."""
+    if implementation is not None and implementation not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention {implementation!r}: use None or one of {ATTENTION_IMPLEMENTATIONS}")
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "attention_implementation"):
+            module.attention_implementation = implementation
+
+
+@contextlib.contextmanager
+def under_mesh(mesh: Mesh | None) -> Iterator[None]:
+    """Run the code inside (traced, inside jit) under `mesh`, so that a kernel needing `shard_map` finds it
+    (`jax.sharding.get_abstract_mesh()`); a no-op without a mesh."""
+    if mesh is None:
+        yield
+        return
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        yield
 
 
 def per_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, heads: int, *, causal: bool = False) -> jax.Array:

@@ -2,7 +2,7 @@
 
 Every cross-attention attends to the object token with the original to_k/to_v and, in CustomNet mode,
 to the text tokens with a second pair to_k_text/to_v_text; the two softmax outputs are summed before the
-shared output projection (SPEC §3). With `text_context=False` it is the Zero-1-to-3 UNet.
+shared output projection (docs/model.md §3). With `text_context=False` it is the Zero-1-to-3 UNet.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS, GroupNorm, LayerNorm, attention
+from customnet_jax.models.layers import GroupNorm, LayerNorm, attention, remat_policy, set_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Attention(nnx.Module):
     """Multi-head attention without q/k/v bias. Self-attention when no context is given.
 
     With `text_kv`, the context is [object tokens | text tokens]: the object part goes through to_k/to_v,
-    the text part through to_k_text/to_v_text, and the two attention outputs are summed (SPEC §3).
+    the text part through to_k_text/to_v_text, and the two attention outputs are summed (docs/model.md §3).
     """
 
     def __init__(self, dim: int, context_dim: int, heads: int, *, text_kv: bool, object_tokens: int,
@@ -109,11 +109,11 @@ class Attention(nnx.Module):
         self.to_k_text = linear(context_dim) if text_kv else None
         self.to_v_text = linear(context_dim) if text_kv else None
         self.to_out = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
-        self.implementation: str | None = None  # layers.attention's; set for the whole UNet by UNet(attention=)
+        self.attention_implementation: str | None = None  # layers.attention's; set by layers.set_attention
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
         q = self.to_q(x)
-        run = lambda k, v: attention(q, k, v, self.heads, implementation=self.implementation)
+        run = lambda k, v: attention(q, k, v, self.heads, implementation=self.attention_implementation)
         if context is None:  # self-attention
             return self.to_out(run(self.to_k(x), self.to_v(x)))
         objects = context[:, :self.object_tokens]
@@ -226,17 +226,17 @@ class UNet(nnx.Module):
 
     context = [object token(s) | text tokens] in CustomNet mode, the object token(s) alone in zero123 mode.
     `down_levels[l]` is level l (downsample 2**l); `up_levels[k]` runs k-th, from the deepest level up.
-    `remat` recomputes each block's activations in the backward pass (jax.checkpoint) to save memory.
-    `attention` picks layers.attention's implementation (None: jax's; "per_head" is the fast one on CPUs).
+    `remat` recomputes each block's activations in the backward pass (jax.checkpoint) to save memory: True or
+    "full", or a policy of layers.REMAT_POLICIES ("dots": keep matmul outputs, "offload": keep them in host RAM).
+    `attention` picks layers.attention's implementation (None: jax's; "per_head" is the fast one on CPUs,
+    "splash" the Pallas TPU kernel).
     """
 
-    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, remat: bool | str = False,
                  attention: str | None = None):
-        if attention is not None and attention not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention {attention!r}: use None or one of {ATTENTION_IMPLEMENTATIONS}")
         self.config = config
         self.dtype = dtype
-        self.remat = remat
+        self.remat, self.remat_policy = remat_policy(remat)
         c = config
         emb, groups = c.time_embed_dim, c.norm_groups
         widths = [c.model_channels * m for m in c.channel_mult]
@@ -274,13 +274,11 @@ class UNet(nnx.Module):
         self.up_levels = nnx.List(up)
         self.norm_out = GroupNorm(cin, groups=groups, epsilon=1e-5, rngs=rngs)
         self.conv_out = _conv(cin, c.out_channels, 3, rngs, dtype)
-        for _, module in nnx.iter_modules(self):
-            if isinstance(module, Attention):
-                module.implementation = attention
+        set_attention(self, attention)
 
     def _run(self, block: nnx.Module, *args: jax.Array) -> jax.Array:
         if self.remat:
-            return nnx.remat(lambda module, *a: module(*a))(block, *args)
+            return nnx.remat(lambda module, *a: module(*a), policy=self.remat_policy)(block, *args)
         return block(*args)
 
     def check_inputs(self, x: jax.Array, timesteps: jax.Array, context: jax.Array) -> None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from customnet_jax.models.layers import GroupNorm, attention
+from customnet_jax.models.layers import GroupNorm, attention, set_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +88,14 @@ class AttnBlock(nnx.Module):
     def __init__(self, channels: int, config: VAEConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.norm = GroupNorm(channels, groups=config.norm_groups, epsilon=config.norm_eps, rngs=rngs)
         self.q, self.k, self.v, self.proj_out = (_conv(channels, channels, 1, dtype, rngs) for _ in range(4))
+        self.attention_implementation: str | None = None  # layers.attention's; set by layers.set_attention
 
     def __call__(self, x: jax.Array) -> jax.Array:  # (B, H, W, C) -> same
         b, h, w, c = x.shape
         y = self.norm(x)
         q, k, v = (f(y).reshape(b, h * w, c) for f in (self.q, self.k, self.v))  # (B, HW, C)
-        return x + self.proj_out(attention(q, k, v, 1).reshape(b, h, w, c))
+        out = attention(q, k, v, 1, implementation=self.attention_implementation)
+        return x + self.proj_out(out.reshape(b, h, w, c))
 
 
 class Mid(nnx.Module):
@@ -189,12 +191,13 @@ class Decoder(nnx.Module):
 class VAE(nnx.Module):
     """KL autoencoder: `encode` -> posterior (mean, logvar); `decode` unscaled latent -> image in ~[-1, 1]."""
 
-    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, attention: str | None = None):
         self.config = config
         self.encoder = Encoder(config, rngs=rngs, dtype=dtype)
         self.decoder = Decoder(config, rngs=rngs, dtype=dtype)
         self.quant_conv = _conv(2 * config.z_channels, 2 * config.latent_channels, 1, dtype, rngs)
         self.post_quant_conv = _conv(config.latent_channels, config.z_channels, 1, dtype, rngs)
+        set_attention(self, attention)  # layers.attention's implementation (None: jax's)
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """x (B, H, W, in_channels) in [-1, 1] -> mean, logvar, each (B, H/f, W/f, latent_channels)."""

@@ -1,4 +1,4 @@
-"""Training pairs from natural photos, as CustomNet's data (SPEC §10): SAM + our Zero-1-to-3 + BLIP-2.
+"""Training pairs from natural photos, as CustomNet's data (docs/model.md §10): SAM + our Zero-1-to-3 + BLIP-2.
 
     python build_pairs.py --images DIR --out DIR --zero123 MODEL --sam DIR --boxes JSON --blip2 DIR
 

@@ -1,4 +1,4 @@
-"""Photos -> CustomNet training pairs in the prepared-pairs layout (SPEC §10), resumable and sharded.
+"""Photos -> CustomNet training pairs in the prepared-pairs layout (docs/model.md §10), resumable and sharded.
 
 Per photo: load (upright RGB) -> prompt (box / point / detector / centre) -> segment (SAM or given masks) ->
 filters -> zero123 views at random relative viewpoints -> caption and subject -> write one folder:
@@ -38,17 +38,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from customnet_jax.conditioning.boxes import centred_square, mask_xywh
 from customnet_jax.pairs.caption import Captions, Subjects
 from customnet_jax.pairs.filters import Filters
 from customnet_jax.pairs.prompts import Prompt, PromptSource
-from customnet_jax.pairs.segment import Segmenter, mask_bbox
+from customnet_jax.pairs.segment import Segmenter
 from customnet_jax.pairs.sources import ImageItem, SkipImage, load_photo, shard
 from customnet_jax.pairs.views import ViewMaker, photo_seed, random_views
 
 log = logging.getLogger(__name__)
 STAGING = ".staging"
 FILES = ("input.jpg", "mask.jpg", "meta.json", "caption.json", "object.json")  # + multi_view_NN.jpg
-ENLARGE = 256 / 200  # SPEC §10: the training box is the square of side max(w, h) * 256/200
+ENLARGE = 256 / 200  # docs/model.md §10: the training box is the square of side max(w, h) * 256/200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,10 +137,7 @@ class BuildReport:
 def square_box(bbox: Sequence[int], enlarge: float = ENLARGE) -> list[float]:
     """The square (x0, y0, x1, y1) of side max(w, h) * enlarge centred on the box [x, y, w, h] (photo pixels;
     may reach outside the photo). Informational: the pairs reader derives the training box from meta bbox."""
-    x, y, w, h = bbox
-    side = max(w, h) * enlarge
-    cx, cy = x + w / 2, y + h / 2
-    return [round(v, 2) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)]
+    return [round(v, 2) for v in centred_square(bbox, max(bbox[2], bbox[3]) * enlarge)]
 
 
 def _save_jpeg(array: np.ndarray, path: pathlib.Path, quality: int, subsampling: int = -1) -> None:
@@ -187,7 +185,7 @@ def make_pair(item: ImageItem, stages: Stages, options: BuildOptions) -> dict[st
     rejected = stages.filters.check(mask, segment.score)
     if rejected:
         raise SkipImage("filter", rejected)
-    bbox = mask_bbox(mask)
+    bbox = mask_xywh(mask)
     seed = photo_seed(options.seed, item.id)
     views = random_views(np.random.default_rng(seed), options.views_per_image, options.max_polar,
                          options.max_azimuth, options.max_radius)

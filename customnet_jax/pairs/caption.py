@@ -99,6 +99,6 @@ class Subjects:
             return prompt.label, "detector"
         if self.model is not None and self.question:
             cutout = conditioning.object_on_white(photo, mask)  # float [-1, 1], 256 px
-            picture = np.rint((cutout + 1) * 127.5).astype(np.uint8)
+            picture = conditioning.to_uint8(cutout)
             return self.model.generate(picture, self.question), "blip2"
         return "", "none"

@@ -1,4 +1,4 @@
-"""`build_pairs.py` / `python -m customnet_jax.pairs`: photos -> CustomNet training pairs (SPEC §10).
+"""`build_pairs.py` / `python -m customnet_jax.pairs`: photos -> CustomNet training pairs (docs/model.md §10).
 
     python build_pairs.py --images photos/ --out pairs/ --zero123 models/zero123 --sam models/sam-vit-huge \\
         --blip2 models/blip2-opt-2.7b --boxes boxes.json --views-per-image 2

@@ -31,14 +31,6 @@ class Segmenter(Protocol):
     def __call__(self, item: ImageItem, photo: np.ndarray, prompt: Prompt) -> Segment: ...
 
 
-def mask_bbox(mask: np.ndarray) -> list[int]:
-    """Tight box [x, y, w, h] (x = column) of a non-empty bool mask, in its pixels."""
-    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    if rows.size == 0:
-        raise ValueError("empty mask has no box")
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
-
-
 class SamSegmenter:
     """SAM from a local folder (save_pretrained layout: config.json, weights, processor_config.json)."""
 

@@ -3,7 +3,7 @@
 The object is cut out with its mask and centred on white (`conditioning.object_on_white`, longer side 200/256 of
 the canvas, as the zero123 demo and CustomNet's inference do), then sampled at each relative view
 (polar, azimuth, radius) in degrees. Views are drawn per photo from a generator seeded by (seed, photo id), so a
-photo gets the same views whichever process builds it. SPEC §10: polar and azimuth from [0, 60) degrees with
+photo gets the same views whichever process builds it. docs/model.md §10: polar and azimuth from [0, 60) degrees with
 a random sign each; radius 0 unless max_radius > 0 (then uniform in (-max_radius, max_radius)).
 """
 
@@ -82,5 +82,6 @@ class ViewSynthesizer:
 
     def __call__(self, photo: np.ndarray, mask: np.ndarray, views: list[list[float]], seed: int) -> np.ndarray:
         result = self.pipeline(self.object_image(photo, mask), views=views, num_samples=1, seed=seed,
-                               steps=self.steps, guidance=self.guidance, eta=self.eta, progress=False)
+                               steps=self.steps, guidance=self.guidance, sampler="ddim",
+                               sampler_options={"eta": self.eta}, progress=False)
         return result.images[:, 0]

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from customnet_jax import matting
 from customnet_jax.adapters import adapt_pipeline, add_lora_flags, read_specs
-from customnet_jax.diffusion.ddim import SCHEDULES
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
+from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 from customnet_jax.sampling.outputs import write_results
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "default: the built-in demo model")
     p.add_argument("--object", help="object picture: RGBA (alpha = object) or RGB on white; default: built-in")
     p.add_argument("--mask", help="object mask picture (white = object) for an RGB object picture")
+    matting.add_flags(p)
     p.add_argument("--bbox", help="x0,y0,x1,y1 in pixels of the model's canvas (256 for the released models) "
                                   "or fractions in [0, 1]; default: the whole canvas")
     p.add_argument("--polar", default="0", help="relative polar angle(s) in degrees: 30, -30,0,30 or -90:90:7")
@@ -69,14 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", help="background picture (composition model)")
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
     p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 as Zero-1-to-3's demo")
-    p.add_argument("--schedule", choices=SCHEDULES, default=None,
-                   help="DDIM timestep grid: 'original' reproduces the released sampler's dropped first step; "
-                        "default 'trailing' for zero-terminal-SNR models, else 'correct'")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
     p.add_argument("--attention", choices=("auto", *ATTENTION_IMPLEMENTATIONS), default="auto",
                    help="the UNet's attention implementation; auto: per_head on a CPU (the benchmark UNet's "
@@ -84,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs", help="output folder")
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
+    add_sampling_arguments(p)
     add_lora_flags(p)
     return p
 
@@ -119,6 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from customnet_jax.sampling.demo import default_scene, demo_pipeline
     from customnet_jax.sampling.pipeline import Pipeline
 
+    cutout = None  # the object cut out of the user's picture, before any model is loaded
+    if args.object is not None:
+        try:
+            mask = None
+            if args.mask:
+                from PIL import Image
+
+                mask = np.asarray(Image.open(args.mask).convert("L"))
+            cutout = matting.from_args(args, mask)
+        except (ValueError, OSError) as error:
+            print(f"sample.py: error: {error}", file=sys.stderr)
+            return 2
+        for warning in cutout.warnings:
+            print(f"sample.py: warning: {warning}", file=sys.stderr)
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     attention = args.attention
     if attention == "auto":
@@ -144,10 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object
     mask = None
-    if args.mask:
-        from PIL import Image
-
-        mask = np.asarray(Image.open(args.mask).convert("L"))
+    if cutout is not None:
+        object_image, mask = cutout.rgb, cutout.mask
     views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                        parse_values(args.radius, "radius"))
     if built_in and args.checkpoint is None and args.azimuth == "0" and args.polar == "0":
@@ -162,24 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--bbox {args.bbox!r}: give four numbers x0,y0,x1,y1")
     background = args.background
     if background is None and built_in and pipeline.config.has_background:
-        from customnet_jax.data.images import to_float
+        from customnet_jax.conditioning.images import to_float
 
         background = to_float(example.background)  # the built-in example's own background
     try:
         result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
-                          mask=mask, num_samples=args.num_samples, seed=args.seed, steps=args.steps,
-                          guidance=args.guidance, image_guidance=args.image_guidance,
-                          text_guidance=args.text_guidance, eta=args.eta, schedule=args.schedule,
-                          progress=not args.no_progress)
+                          mask=mask, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+                          image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                          progress=not args.no_progress, **sampling_options(args))
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
     result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
                            background_file=args.background or ("built-in" if background is not None else None),
-                           bf16=args.bf16, attention=attention)
+                           bf16=args.bf16, attention=attention, matting=cutout and cutout.record())
     files = write_results(result, args.out, args.name)
+    if cutout is not None:
+        path = matting.write_object(cutout, pipeline.prepare_object, args.out, args.name)
+        print(f"object: cut out by {cutout.method} matting -> {path} (alpha = the mask)")
     print(f"model: {label}")
     print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
           f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
-    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "steps", "guidance")}))
+    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "sampler", "steps", "guidance")}))
     return 0

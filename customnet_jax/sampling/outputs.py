@@ -15,12 +15,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
+from customnet_jax.conditioning.images import to_uint8
 from customnet_jax.sampling.pipeline import Result
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[-1, 1] float image -> uint8."""
-    return np.rint((np.clip(image, -1, 1) + 1) * 127.5).astype(np.uint8)
 
 
 def contact_sheet(result: Result, gap: int = 2) -> np.ndarray:

@@ -2,10 +2,11 @@
 
 Host side: load and check the inputs, build the location canvas and the background canvas, tokenize.
 Device side, one compiled program per input shape: CLIP-encode the object once, one object token per view
-(cc_projection), VAE-encode the canvases, the whole DDIM loop as a `lax.scan` with the conditional and
-unconditional passes batched together, and the VAE decode.
+(cc_projection), VAE-encode the canvases, the whole sampler loop (diffusion/samplers: DDIM by default) as a
+`lax.scan` with the conditional and unconditional passes batched together, and the VAE decode. One program is
+compiled per (sampler, steps, input shapes).
 
-Guidance (SPEC §7): e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
+Guidance (docs/model.md §7): e = e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)], with
   unconditional = zero object latent, zero object token (after cc_projection), text "" (background kept);
   image-only = the object conditions with text "";  text-only = the text with the object conditions zeroed.
 """
@@ -16,7 +17,7 @@ import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from customnet_jax import conditioning
-from customnet_jax.diffusion import ddim
+from customnet_jax.diffusion import samplers
 from customnet_jax.diffusion.schedule import DiffusionConfig, alphas_cumprod
 from customnet_jax.model_folder import ModelFolder, load_model
 from customnet_jax.models.customnet import CustomNet
@@ -57,15 +58,18 @@ class Pipeline:
     """A CustomNet (or Zero-1-to-3) model ready to sample. Build with `Pipeline.from_folder(path)`."""
 
     def __init__(self, model: CustomNet, diffusion: DiffusionConfig | None = None, folder: ModelFolder | None = None,
-                 tokenizer_path: str | pathlib.Path | None = None):
+                 tokenizer_path: str | pathlib.Path | None = None, sampler: str = samplers.DEFAULT,
+                 sampler_options: Mapping[str, Any] | None = None):
         self.config = model.config
         self.folder = folder
         self.diffusion = diffusion or DiffusionConfig()
         self.alphas_cumprod = alphas_cumprod(self.diffusion)
         self.tokenizer = None if self.config.is_zero123 else load_tokenizer(tokenizer_path)
         self.graphdef, self.state = nnx.split(model)
+        self.sampler, self.sampler_options = sampler, dict(sampler_options or {})  # used when a call names none
         self._progress = None
-        self._generate = jax.jit(self._generate_program, static_argnames=("guidance_terms", "progress"))
+        self._generate = jax.jit(self._generate_program,
+                                 static_argnames=("sampler_name", "guidance_terms", "progress"))
 
     @classmethod
     def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32, attention: str | None = None) -> Pipeline:
@@ -105,60 +109,69 @@ class Pipeline:
     def __call__(self, object_image: Any, *, bbox: Sequence[float] | None = None,
                  views: Sequence[Sequence[float]] = ((0.0, 0.0, 0.0),), prompt: str = "", background: Any = None,
                  mask: Any = None, num_samples: int = 1, seed: int = 0, steps: int = 50, guidance: float = 3.0,
-                 image_guidance: float = 0.0, text_guidance: float = 0.0, eta: float = 0.0,
-                 schedule: str | None = None, noises: np.ndarray | None = None, progress: bool = True) -> Result:
+                 image_guidance: float = 0.0, text_guidance: float = 0.0, sampler: str | None = None,
+                 sampler_options: Mapping[str, Any] | None = None, noises: np.ndarray | None = None,
+                 progress: bool = True) -> Result:
         """Sample `num_samples` pictures for each view. The same seed gives the same initial noise for every
-        view, so a multi-view sheet shows one object turning. `noises` (S, V*N, h, w, c) replaces the eta > 0
-        draws (for reference comparisons). `schedule` (the DDIM timestep grid, ddim.SCHEDULES): by default
-        "trailing" for a zero-terminal-SNR model, else "correct"."""
+        view, so a multi-view sheet shows one object turning. `sampler` names one of `samplers.names()` (default:
+        the pipeline's `sampler` and `sampler_options`); `sampler_options` are its own (None or missing: its
+        default, e.g. DDIM's grid "trailing" for a zero-terminal-SNR model, else "correct"); an option it does
+        not take is refused. `noises` (S, V*N, h, w, c) replaces a stochastic sampler's draws (reference tests)."""
         c = self.config
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if not np.isfinite([guidance, image_guidance, text_guidance, eta]).all():
-            raise ValueError("guidance scales and eta must be finite numbers")
+        if not np.isfinite([guidance, image_guidance, text_guidance]).all():
+            raise ValueError("guidance scales must be finite numbers")
         if c.is_zero123 and (prompt or text_guidance or bbox is not None or background is not None):
             raise ValueError("a Zero-1-to-3 model takes only the object and the viewpoint: no prompt, box or "
                              "background")
-        if schedule is None:
-            schedule = "trailing" if self.diffusion.zero_terminal_snr else "correct"
-        plan = ddim.ddim_schedule(self.alphas_cumprod, steps, eta, schedule,  # validates steps, eta, schedule
-                                  self.diffusion.prediction_type)
-        box = conditioning.parse_bbox(bbox if bbox is not None else (0, 0, c.resolution, c.resolution),
-                                      c.resolution)
-        obj = self.prepare_object(object_image, mask)
-        location = conditioning.location_canvas(obj, box, c.resolution)
-        background_canvas = self._background(background, box)
-        view_vectors = parse_views(views)
-        tokens = np.zeros((2, 1), np.int32)
-        if not c.is_zero123:
-            tokens = tokenize(self.tokenizer, [prompt, ""], c.text_encoder.max_length)
-
+        if sampler is None:
+            sampler, sampler_options = self.sampler, {**self.sampler_options, **(sampler_options or {})}
+        # checks the name, steps and options before anything is compiled
+        _, plan, options = samplers.make_schedule(sampler, self.diffusion, steps, sampler_options)
+        box, obj, location, background_canvas, view_vectors, tokens = self.host_inputs(
+            object_image, bbox, views, prompt, background, mask)
         latent_shape = (num_samples, c.latent_size, c.latent_size, c.latent_channels)
         key = jax.random.key(seed)
         x_T = jax.random.normal(jax.random.fold_in(key, 0), latent_shape, jnp.float32)
         terms = ("all",) + (("image",) if image_guidance else ()) + (("text",) if text_guidance else ())
         scales = jnp.asarray([guidance, image_guidance, text_guidance], jnp.float32)
         started = time.time()
-        with self._progress_bar(plan.num_steps, progress):
+        with self._progress_bar(plan.num_steps, progress, sampler):
             images, latents = self._generate(
                 self.state, jnp.asarray(obj[None]), jnp.asarray(location[None]), jnp.asarray(background_canvas[None]),
                 jnp.asarray(view_vectors), jnp.asarray(tokens), x_T, jax.random.fold_in(key, 1),
-                None if noises is None else jnp.asarray(noises, jnp.float32), scales,
-                *(jnp.asarray(a) for a in (plan.timesteps, plan.alphas, plan.alphas_prev, plan.sigmas)),
-                guidance_terms=terms, progress=progress)
+                None if noises is None else jnp.asarray(noises, jnp.float32), scales, plan,
+                sampler_name=sampler, guidance_terms=terms, progress=progress)
             images = np.asarray(images)
         views_count = len(view_vectors)
         images = np.rint(images * 255).astype(np.uint8).reshape(views_count, num_samples, *images.shape[1:])
         settings = {
             "prompt": prompt, "bbox": list(box), "views": np.asarray(views, float).tolist(),
             "num_samples": num_samples, "seed": seed, "steps": steps, "guidance": guidance,
-            "image_guidance": image_guidance, "text_guidance": text_guidance, "eta": eta, "schedule": schedule,
+            "image_guidance": image_guidance, "text_guidance": text_guidance,
+            "sampler": sampler, "sampler_options": options,
             "background": background is not None, "resolution": c.resolution,
             "seconds": round(time.time() - started, 3),
             "model": None if self.folder is None else {"path": str(self.folder.path), **self.folder.provenance},
         }
         return Result(images, np.asarray(latents).reshape(views_count, num_samples, *latents.shape[1:]), obj,
                       location, settings)
+
+    def host_inputs(self, object_image: Any, bbox: Sequence[float] | None, views: Sequence[Sequence[float]],
+                    prompt: str, background: Any, mask: Any) -> tuple:
+        """The checked inputs as the device program takes them: (box, object, location canvas, background
+        canvas, view vectors (V, 4), tokens of [prompt, ""])."""
+        c = self.config
+        box = conditioning.parse_bbox(bbox if bbox is not None else (0, 0, c.resolution, c.resolution),
+                                      c.resolution)
+        obj = self.prepare_object(object_image, mask)
+        location = conditioning.location_canvas(obj, box, c.resolution)
+        background_canvas = self._background(background, box)
+        tokens = np.zeros((2, 1), np.int32)
+        if not c.is_zero123:
+            tokens = tokenize(self.tokenizer, [prompt, ""], c.text_encoder.max_length)
+        return box, obj, location, background_canvas, parse_views(views), tokens
 
     # -------------------------------------------------------------------------------------- device program
 
@@ -167,14 +180,14 @@ class Pipeline:
             self._progress.update(1)
 
     @contextlib.contextmanager
-    def _progress_bar(self, total: int, enabled: bool):
+    def _progress_bar(self, total: int, enabled: bool, name: str):
         """A tqdm bar advanced from inside the compiled loop (a host callback per step). The callback makes
         the program uncacheable across processes (JAX's persistent cache), so it is compiled in only when
         progress is shown."""
         if enabled:
             from tqdm import tqdm
 
-            self._progress = tqdm(total=total, desc="DDIM", unit="step", leave=False)
+            self._progress = tqdm(total=total, desc=name, unit="step", leave=False)
         try:
             yield
         finally:
@@ -183,10 +196,23 @@ class Pipeline:
             self._progress = None
 
     def _generate_program(self, state, object_image, location, background, views, tokens, x_T, key, noises,
-                          scales, timesteps, alphas, alphas_prev, sigmas, *, guidance_terms, progress):
+                          scales, plan, *, sampler_name, guidance_terms, progress):
         model = nnx.merge(self.graphdef, state)
+        num_views = views.shape[0]
+        conditions, context, names = self.guidance_inputs(model, object_image, location, background, views, tokens,
+                                                          x_T.shape[0], guidance_terms)
+        model_fn = guided_model_fn(model, conditions, context, names, scales)
+        latents = samplers.get(sampler_name).sample(model_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
+                                                    on_step=self._on_step if progress else None)
+        images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
+        return images, latents
+
+    def guidance_inputs(self, model: CustomNet, object_image: jax.Array, location: jax.Array, background: jax.Array,
+                        views: jax.Array, tokens: jax.Array, num_samples: int,
+                        guidance_terms: tuple[str, ...]) -> tuple[jax.Array, jax.Array, tuple[str, ...]]:
+        """The UNet's conditions and context for every guidance group, stacked: (conditions, context, names)."""
         c = self.config
-        num_views, num_samples = views.shape[0], x_T.shape[0]
+        num_views = views.shape[0]
         batch = num_views * num_samples
         per_view = lambda a: jnp.repeat(a, num_samples, axis=0)  # (V, ...) -> (V*N, ...)
         everywhere = lambda a: jnp.broadcast_to(a, (batch, *a.shape[1:]))  # (1, ...) -> (V*N, ...)
@@ -215,23 +241,25 @@ class Pipeline:
             groups["image"] = (conditions(object_latent), model.context(object_token, null_text))
         if "text" in guidance_terms:
             groups["text"] = (conditions(null_latent), model.context(null_token, text))
-        names = list(groups)
-        all_conditions = jnp.concatenate([groups[n][0] for n in names])
-        all_context = jnp.concatenate([groups[n][1] for n in names])
+        names = tuple(groups)
+        return (jnp.concatenate([groups[n][0] for n in names]), jnp.concatenate([groups[n][1] for n in names]),
+                names)
 
-        def model_fn(x, t):  # the guided output (eps or v: guidance is linear in either)
-            out = model.denoise(jnp.tile(x, (len(names), 1, 1, 1)), jnp.tile(t, len(names)), all_conditions,
-                                all_context)
-            outputs = dict(zip(names, jnp.split(out, len(names)), strict=True))
-            guided = outputs["uncond"] + scales[0] * (outputs["cond"] - outputs["uncond"])
-            if "image" in outputs:
-                guided = guided + scales[1] * (outputs["image"] - outputs["uncond"])
-            if "text" in outputs:
-                guided = guided + scales[2] * (outputs["text"] - outputs["uncond"])
-            return guided
 
-        plan = ddim.DDIMSchedule(timesteps, alphas, alphas_prev, sigmas, self.diffusion.prediction_type)
-        latents = ddim.sample(model_fn, jnp.tile(x_T, (num_views, 1, 1, 1)), plan, key, noises,
-                              on_step=self._on_step if progress else None)
-        images = jnp.clip((model.decode(latents) + 1) / 2, 0, 1)
-        return images, latents
+def guided_model_fn(model: CustomNet, conditions: jax.Array, context: jax.Array, names: tuple[str, ...],
+                    scales: jax.Array) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """model_fn(x, timesteps) for a sampler: all guidance groups in one batched UNet call, combined as
+    e_u + g (e_c - e_u) [+ g_image (e_image - e_u)] [+ g_text (e_text - e_u)] (eps or v: guidance is linear in
+    either)."""
+
+    def model_fn(x, t):
+        out = model.denoise(jnp.tile(x, (len(names), 1, 1, 1)), jnp.tile(t, len(names)), conditions, context)
+        outputs = dict(zip(names, jnp.split(out, len(names)), strict=True))
+        guided = outputs["uncond"] + scales[0] * (outputs["cond"] - outputs["uncond"])
+        if "image" in outputs:
+            guided = guided + scales[1] * (outputs["image"] - outputs["uncond"])
+        if "text" in outputs:
+            guided = guided + scales[2] * (outputs["text"] - outputs["uncond"])
+        return guided
+
+    return model_fn

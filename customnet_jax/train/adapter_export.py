@@ -11,7 +11,7 @@ import jax
 from flax import traverse_util
 
 from customnet_jax.adapters import name, params_hash, save_adapter
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
 
 
 def adapter_contents(config: Any, full: dict, trained: set) -> tuple[dict, dict]:

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
+from customnet_jax.experiment import Config
 
 ITEMS = ("state", "data_iter", "config")
 
@@ -47,7 +48,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, iterator: Any, config: Any, *, force: bool = False) -> bool:
+    def save(self, step: int, state: Any, iterator: Any, config: Config, *, force: bool = False) -> bool:
         """Start an (async) save if `step` is a multiple of `every` (or `force`); returns whether one started."""
         if not force and step % self.every:
             return False

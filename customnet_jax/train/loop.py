@@ -22,7 +22,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from customnet_jax.config import to_dict
+from customnet_jax.config_files import to_dict
+from customnet_jax.experiment import Config
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
 from customnet_jax.train.adapter_export import export_adapter
@@ -63,7 +64,7 @@ def default_make_iterator() -> Callable:
         from customnet_jax.data import make_iterator
     except ImportError as error:
         raise RuntimeError("the data pipeline customnet_jax.data.make_iterator is not available "
-                           f"({error}); for a smoke run use train.py --synthetic-data raw|precomputed") from error
+                           f"({error}); smoke run: train.py --set data.source=random_raw") from error
     return make_iterator
 
 
@@ -103,7 +104,7 @@ class MetricsWriter:
 class Trainer:
     """Everything the loop needs, built by `setup` (also used by tests to drive single steps)."""
 
-    config: Any
+    config: Config
     mesh: Any
     graphdef: nnx.GraphDef
     tx: Any
@@ -134,8 +135,8 @@ class Trainer:
         return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def null_text_embedding(config: Any, graphdef: nnx.GraphDef, trainable: dict, frozen: dict) -> np.ndarray:
-    """The CLIP text embedding of "" (1, 77, D), computed once: the dropped caption (SPEC §7)."""
+def null_text_embedding(config: Config, graphdef: nnx.GraphDef, trainable: dict, frozen: dict) -> np.ndarray:
+    """The CLIP text embedding of "" (1, 77, D), computed once: the dropped caption (docs/model.md §7)."""
     from customnet_jax.text import load_tokenizer, tokenize
 
     tokens = tokenize(load_tokenizer(), [""], length=config.model.text_encoder.max_length)
@@ -143,7 +144,7 @@ def null_text_embedding(config: Any, graphdef: nnx.GraphDef, trainable: dict, fr
     return np.asarray(encode(trainable, frozen, tokens))
 
 
-def setup(config: Any, *, devices: list | None = None, log: Callable[[str], None] = print) -> Trainer:
+def setup(config: Config, *, devices: list | None = None, log: Callable[[str], None] = print) -> Trainer:
     """Check the config, make the mesh, initialise (random or `train.init_from`) and place the state."""
     devices = list(jax.devices() if devices is None else devices)
     shd.check_config(config, len(devices), jax.process_count())
@@ -202,7 +203,7 @@ def export_model(trainer: Trainer, path: pathlib.Path, step: int, log: Callable[
         multihost_utils.sync_global_devices("customnet_export")  # every host returns once the folder exists
 
 
-def train(config: Any, workdir: str | pathlib.Path, *, make_iterator: Callable | None = None, resume: bool = True,
+def train(config: Config, workdir: str | pathlib.Path, *, make_iterator: Callable | None = None, resume: bool = True,
           log: Callable[[str], None] | None = None) -> dict:
     """Train `config` in `workdir` (resuming from its latest complete checkpoint unless `resume=False`).
 
@@ -214,7 +215,7 @@ def train(config: Any, workdir: str | pathlib.Path, *, make_iterator: Callable |
         return _train(config, workdir, main, make_iterator, resume, log)
 
 
-def _train(config: Any, workdir: pathlib.Path, main: bool, make_iterator: Callable | None, resume: bool,
+def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Callable | None, resume: bool,
            log: Callable[[str], None] | None) -> dict:
     log = log or (lambda message: print(message, flush=True))
     say = log if main else (lambda message: None)

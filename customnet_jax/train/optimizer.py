@@ -15,10 +15,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from customnet_jax.experiment import TrainConfig
 from customnet_jax.models.param_rules import is_number, map_tree
 
 
-def lr_schedule(train: Any) -> optax.Schedule:
+def lr_schedule(train: TrainConfig) -> optax.Schedule:
     """Linear warm-up from 0 over `warmup_steps`, constant `learning_rate`, then a linear cool-down to 0 over the
     last `cooldown_steps` of `num_steps` (warmup-stable-decay: a run of the stable phase can be extended or
     cooled down later from its checkpoints, since the schedule before the cool-down does not depend on its end)."""
@@ -56,7 +57,7 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(train: Any, params: Any) -> optax.GradientTransformation:
+def make_optimizer(train: TrainConfig, params: Any) -> optax.GradientTransformation:
     """[clip by global norm] -> AdamW(lr schedule, betas, eps, decoupled weight decay) -> x lr multiples (rules).
 
     `params` is the trainable tree only (train.trainable): frozen parameters have no optimizer state."""

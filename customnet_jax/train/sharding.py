@@ -6,7 +6,7 @@ Rules (MaxText / big_vision style, kept to one function, `partition_spec`):
   - everything else (biases, norm scales, small kernels, scalars such as the optimizer count) is replicated;
   - parameters are replicated over `data`; the batch is split over both axes: P(("data", "fsdp")).
 The mesh uses Auto axis types (jax.make_mesh defaults to Explicit, which breaks the jit(in_shardings=...)
-style used here: STACK_NOTES "Sharding").
+style used here: docs/stack.md §4).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from customnet_jax.experiment import Config, MeshConfig
+
 AXES = ("data", "fsdp")
 BATCH_SPEC = P(AXES)
 
@@ -28,14 +30,14 @@ class ConfigError(ValueError):
     """A training config that cannot run on these devices; the message names the fix."""
 
 
-def mesh_shape(mesh_config: Any, num_devices: int) -> tuple[int, int]:
+def mesh_shape(mesh_config: MeshConfig, num_devices: int) -> tuple[int, int]:
     """(data, fsdp) sizes; data = -1 means every device not used by fsdp."""
     fsdp = mesh_config.fsdp
     data = mesh_config.data if mesh_config.data != -1 else max(num_devices // max(fsdp, 1), 1)
     return data, fsdp
 
 
-def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple[int, int]:
+def check_config(config: Config, num_devices: int, process_count: int = 1) -> tuple[int, int]:
     """Refuse, before anything is compiled, a config that cannot run; return the mesh (data, fsdp) sizes.
 
     All problems are reported at once, each with the setting to change.
@@ -43,18 +45,18 @@ def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple
     train, problems = config.train, []
     if config.mesh.fsdp < 1 or (config.mesh.data < 1 and config.mesh.data != -1):
         raise ConfigError(f"mesh data={config.mesh.data}, fsdp={config.mesh.fsdp}: sizes must be >= 1 "
-                          "(data may be -1: all devices not used by fsdp); set --mesh-data / --mesh-fsdp")
+                          "(data may be -1: all devices not used by fsdp); set --set mesh.data=N / --set mesh.fsdp=M")
     data, fsdp = mesh_shape(config.mesh, num_devices)
     size = data * fsdp
     if size > num_devices:
         problems.append(f"the mesh data={data} x fsdp={fsdp} needs {size} devices but only {num_devices} exist; "
-                        f"choose --mesh-data / --mesh-fsdp with data * fsdp <= {num_devices}")
+                        f"choose --set mesh.data=N / --set mesh.fsdp=M with data * fsdp <= {num_devices}")
     elif config.mesh.data == -1 and num_devices % fsdp:
         problems.append(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices; with mesh.data=-1 "
                         "(all devices) choose an fsdp size that divides the device count")
     if process_count > 1 and size != num_devices:
         problems.append(f"a multi-host run must use every device: data * fsdp = {size} but there are "
-                        f"{num_devices}; set --mesh-data / --mesh-fsdp (or mesh.data=-1)")
+                        f"{num_devices}; set --set mesh.data=N / --set mesh.fsdp=M (or mesh.data=-1)")
     accum = train.grad_accum_steps
     if accum < 1:
         problems.append(f"train.grad_accum_steps={accum}: must be >= 1")
@@ -92,7 +94,7 @@ def check_config(config: Any, num_devices: int, process_count: int = 1) -> tuple
     return data, fsdp
 
 
-def make_mesh(mesh_config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A (data, fsdp) mesh with Auto axes over `devices` (default: all), the first data * fsdp of them."""
     devices = list(jax.devices() if devices is None else devices)
     data, fsdp = mesh_shape(mesh_config, len(devices))

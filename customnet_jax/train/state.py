@@ -21,22 +21,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from customnet_jax.experiment import TRAINABLE
+from customnet_jax.experiment import TRAINABLE, Config
 from customnet_jax.models.build import abstract_model
+from customnet_jax.models.conv_in import CONV_IN, can_widen, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
 from customnet_jax.models.lora import LoraConfig, adapt
 from customnet_jax.models.param_rules import compile_rules, first_match, is_bool
 
-CONV_IN = ("unet", "conv_in", "kernel")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool = False,
-                  lora: LoraConfig | None = None) -> Callable:
+def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool | str = False,
+                  attention: str | None = None, lora: LoraConfig | None = None) -> Callable:
     """The model's constructor (with low-rank adapters when `lora.rank` > 0), for `abstract_model`."""
     dtype = COMPUTE_DTYPES[compute_dtype]
-    return lambda: adapt(CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat), lora or LoraConfig())
+    return lambda: adapt(CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat, attention=attention),
+                         lora or LoraConfig())
 
 
 def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool:
@@ -45,9 +46,12 @@ def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool
     return first_match(compile_rules(rules, "train.trainable", is_bool, "True or False"), path, "train.trainable")
 
 
-def graphdef_and_shapes(config: Any) -> tuple[nnx.GraphDef, dict]:
+def graphdef_and_shapes(config: Config) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
-    model = abstract_model(model_builder(config.model, config.train.compute_dtype, config.train.remat, config.lora))
+    train = config.train
+    remat = train.remat and train.remat_policy
+    model = abstract_model(model_builder(config.model, train.compute_dtype, remat, train.attention or None,
+                                         config.lora))
     graphdef, state = nnx.split(model)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
@@ -97,19 +101,7 @@ class InitReport:
         return text
 
 
-def widen_input_channels(source: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A conv kernel (kh, kw, cin, cout) with fewer input channels, zero-padded to `shape` (zero123 did 4 -> 8
-    and the composition model 8 -> 12: the new channels start with no effect). None if it does not fit."""
-    if source.ndim != 4 or len(shape) != 4:
-        return None
-    if source.shape[:2] != shape[:2] or source.shape[3] != shape[3] or source.shape[2] > shape[2]:
-        return None
-    out = np.zeros(shape, np.float32)
-    out[:, :, :source.shape[2]] = source
-    return out
-
-
-def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = None,
+def initial_params(config: Config, shapes: dict, *, folder_params: dict | None = None,
                    source: str = "random") -> tuple[dict, InitReport]:
     """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
     widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""
@@ -127,8 +119,8 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
         elif tuple(value.shape) == tuple(shape):
             out[path] = np.asarray(value, np.float32)
             report.loaded.append(path)
-        elif path == CONV_IN and (wide := widen_input_channels(np.asarray(value), shape)) is not None:
-            out[path] = wide
+        elif path == CONV_IN and can_widen(tuple(value.shape), tuple(shape)):
+            out[path] = widen_conv_in(value, shape[2])
             report.widened.append(path)
         else:
             raise ValueError(f"init_from {source}: parameter {'/'.join(map(str, path))} has shape {tuple(value.shape)} "
@@ -138,7 +130,7 @@ def initial_params(config: Any, shapes: dict, *, folder_params: dict | None = No
     return out, report
 
 
-def init_folder_mismatches(config: Any, path: str | pathlib.Path) -> list[str]:
+def init_folder_mismatches(config: Config, path: str | pathlib.Path) -> list[str]:
     """Settings of the init_from folder that the run's config contradicts without a shape to show it (a latent
     scale or a schedule trained for another VAE / objective): each one silently mis-trains the model."""
     from customnet_jax.model_folder import read_folder

@@ -1,4 +1,4 @@
-"""The training objective (SPEC §7) and the sharded train step: a pure function of (state, frozen, batch).
+"""The training objective (docs/model.md §7) and the sharded train step: a pure function of (state, frozen, batch).
 
 One step, for a global batch of B samples (random draws for the whole batch first, so that gradient
 accumulation does not change them):
@@ -30,66 +30,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from customnet_jax.conditioning.features import frozen_features, latent_shape
 from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training_target
+from customnet_jax.experiment import Config
+from customnet_jax.models import layers
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.optimizer import ema_update
-
-RAW_KEYS = ("target", "object", "location", "background", "view", "box", "tokens", "drop_image", "drop_object",
-            "drop_text")
-PRECOMPUTED_KEYS = ("target_mean", "target_logvar", "location_latent", "background_latent", "image_embedding",
-                    "text_embedding", "view", "box", "drop_image", "drop_object", "drop_text")
-
-
-def batch_form(batch: dict) -> str:
-    """'precomputed' (VAE posteriors and CLIP embeddings given) or 'raw' (images and tokens)."""
-    return "precomputed" if "target_mean" in batch else "raw"
-
-
-def latent_shape(config: Any, batch: dict) -> tuple[int, ...]:
-    b = batch["view"].shape[0]
-    if batch_form(batch) == "precomputed":
-        return tuple(batch["target_mean"].shape)
-    return (b, config.model.latent_size, config.model.latent_size, config.model.latent_channels)
-
-
-def _mask(flags: jax.Array, x: jax.Array) -> jax.Array:
-    """Zero the samples whose flag is set."""
-    keep = jnp.logical_not(flags).astype(x.dtype)
-    return x * keep.reshape(-1, *([1] * (x.ndim - 1)))
-
-
-def conditioning(model: Any, config: Any, batch: dict, null_text: jax.Array | None) -> dict:
-    """The frozen part of the step: latents and embeddings with the condition dropout applied (no gradient)."""
-    mc = config.model
-    if batch_form(batch) == "precomputed":
-        mean, logvar = batch["target_mean"], batch["target_logvar"]
-        location, background = batch["location_latent"], batch.get("background_latent")
-        image_embedding, text = batch["image_embedding"], batch.get("text_embedding")
-    else:
-        # one VAE pass over [target, location (, background)] of each sample, kept next to each other so that a
-        # device's rows stay on that device: (B, k, R, R, 3) -> (B k, R, R, 3)
-        names = ["target", "location"] + (["background"] if mc.has_background else [])
-        images = jnp.stack([batch[n] for n in names], axis=1)
-        means, logvars = model.encode(images.reshape(-1, *images.shape[2:]))
-        means = means.reshape(images.shape[0], len(names), *means.shape[1:])
-        mean, location = means[:, 0], means[:, 1]
-        logvar = logvars.reshape(means.shape)[:, 0]
-        background = means[:, 2] if mc.has_background else None
-        image_embedding = model.image_embedding(batch["object"])
-        text = None if mc.is_zero123 else model.encode_text(batch["tokens"])
-    z0 = mc.latent_scale * (mean + jnp.exp(0.5 * logvar) * batch["posterior_noise"])
-    conditions = [_mask(batch["drop_object"], location)]
-    if mc.has_background:
-        conditions.append(background)
-    out = {"z0": z0, "conditions": jnp.concatenate(conditions, axis=-1).astype(jnp.float32),
-           "image_embedding": _mask(batch["drop_image"], image_embedding.astype(jnp.float32)),
-           "view": batch["view"].astype(jnp.float32)}
-    if "box" in batch:
-        out["box"] = batch["box"].astype(jnp.float32)
-    if not mc.is_zero123:
-        drop = batch["drop_text"].reshape(-1, 1, 1)
-        out["text"] = jnp.where(drop, null_text.astype(jnp.float32), text.astype(jnp.float32))
-    return jax.tree.map(jax.lax.stop_gradient, out)
 
 
 def box_cells(box: jax.Array, size: int) -> jax.Array:
@@ -118,7 +64,7 @@ def denoising_loss(model: Any, feats: dict, timesteps: jax.Array, noise: jax.Arr
     return jnp.mean(per_sample)
 
 
-def draw_randomness(config: Any, batch: dict, key: jax.Array) -> dict:
+def draw_randomness(config: Config, batch: dict, key: jax.Array) -> dict:
     """t, eps and the posterior draw for the whole global batch (independent of the accumulation)."""
     shape = latent_shape(config, batch)
     k_t, k_eps, k_post = jax.random.split(key, 3)
@@ -139,7 +85,7 @@ def microbatches(tree: dict, steps: int, mesh: Mesh | None) -> dict:
     return jax.tree.map(cut, tree)
 
 
-def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                  mesh: Mesh | None = None) -> Callable:
     """The train step (state, frozen, batch) -> (state, metrics), not yet jitted."""
     train = config.train
@@ -159,7 +105,7 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
 
         def loss_and_grad(micro: dict) -> tuple[jax.Array, Any]:
             encoders = nnx.merge(graphdef, jax.lax.stop_gradient(params), frozen["params"])
-            feats = conditioning(encoders, config, micro, null_text)
+            feats = frozen_features(encoders, config, micro, null_text)
 
             def loss_of(p):
                 return denoising_loss(nnx.merge(graphdef, p, frozen["params"]), feats, micro["timesteps"],
@@ -187,7 +133,11 @@ def make_step_fn(config: Any, graphdef: nnx.GraphDef, tx: optax.GradientTransfor
             new_state["ema"] = ema_update(state["ema"], new_params, train.ema_decay)
         return new_state, {"loss": loss, "grad_norm": grad_norm}
 
-    return step_fn
+    def under_mesh(state: dict, frozen: dict, batch: dict) -> tuple[dict, dict]:
+        with layers.under_mesh(mesh):  # for attention kernels that run per device (models/pallas_attention.py)
+            return step_fn(state, frozen, batch)
+
+    return under_mesh
 
 
 def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: Any, batch_shardings: Any,

@@ -1,4 +1,4 @@
-"""Whole-model names of the released checkpoints (SPEC §9) -> our `CustomNet` parameters."""
+"""Whole-model names of the released checkpoints (docs/model.md §9) -> our `CustomNet` parameters."""
 
 from __future__ import annotations
 

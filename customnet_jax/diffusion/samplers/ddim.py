@@ -1,23 +1,26 @@
 """DDIM sampling (Song et al. 2021) as LDM's DDIMSampler, with classifier-free guidance done by the caller.
 
-A sampler here is a schedule (numpy constants) and a pure `step`; `sample` runs all steps as one `lax.scan`.
-Other samplers (e.g. DPM-Solver++) can sit beside it with the same `sample(model_fn, x_T, ...)` shape: the
+The schedule (a pytree of per-step constants) and a pure `step`; `sample` runs all steps as one `lax.scan`. The
 model is only ever seen through `model_fn(x, timesteps)`, its (guided) output: eps or v (schedule.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
+
+from customnet_jax.diffusion.samplers.base import Option, Sampler, check_noises, draw_noise, register
+from customnet_jax.diffusion.schedule import DiffusionConfig, alphas_cumprod
 
 SCHEDULES = ("correct", "original", "trailing")
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class DDIMSchedule:
     """Per step i (in sampling order): timestep t_i, alpha_cumprod at t_i and at the next (lower) t, sigma_i."""
 
@@ -25,7 +28,7 @@ class DDIMSchedule:
     alphas: np.ndarray  # (S,) float32
     alphas_prev: np.ndarray  # (S,) float32
     sigmas: np.ndarray  # (S,) float32
-    prediction_type: str = "epsilon"  # what model_fn returns: "epsilon" or "v_prediction"
+    prediction_type: str = struct.field(pytree_node=False, default="epsilon")  # what model_fn returns
 
     @property
     def num_steps(self) -> int:
@@ -38,7 +41,7 @@ def ddim_schedule(alphas_cumprod: np.ndarray, num_steps: int, eta: float = 0.0,
     step's "previous" alpha is alphas_cumprod[0] (= diffusers DDIM with steps_offset=1, set_alpha_to_one=False).
 
     schedule="original" reproduces the released samplers bit for bit: they drop the highest timestep
-    (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (SPEC §7).
+    (`timesteps[:t_start]` with t_start=-1), so S-1 steps run, starting from the second-highest t (docs/model.md §7).
     schedule="trailing" ends the grid at the last timestep, T - 1, T - 1 - T/S, ... (diffusers'
     timestep_spacing="trailing"): a zero-terminal-SNR model must start where x_T is pure noise.
     """
@@ -95,8 +98,7 @@ def sample(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array
     `noises` (S, B, h, w, c) when given, so that a reference implementation can be fed the same draws.
     `on_step(i)` is called as a host callback after each step (progress bars).
     """
-    if noises is not None and noises.shape != (schedule.num_steps, *x_T.shape):
-        raise ValueError(f"noises have shape {noises.shape}, expected {(schedule.num_steps, *x_T.shape)}")
+    check_noises(noises, schedule.num_steps, x_T.shape)
     if noises is None and key is None and isinstance(schedule.sigmas, np.ndarray) and np.any(schedule.sigmas > 0):
         raise ValueError("eta > 0 needs a random key or explicit noises")
     constants = tuple(jnp.asarray(a) for a in (schedule.timesteps, schedule.alphas, schedule.alphas_prev,
@@ -105,12 +107,7 @@ def sample(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array
     def body(x, inputs):
         index, t, alpha, alpha_prev, sigma = inputs
         output = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
-        if noises is not None:
-            noise = noises[index]
-        elif key is not None:  # multiplied by sigma = 0 when eta = 0
-            noise = jax.random.normal(jax.random.fold_in(key, index), x.shape, x.dtype)
-        else:
-            noise = jnp.zeros_like(x)
+        noise = draw_noise(key, noises, index, x)  # multiplied by sigma = 0 when eta = 0
         x, _ = ddim_step(x, output, alpha, alpha_prev, sigma, noise, schedule.prediction_type)
         if on_step is not None:
             jax.debug.callback(on_step, index)
@@ -118,3 +115,27 @@ def sample(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array
 
     x, _ = jax.lax.scan(body, x_T, (jnp.arange(schedule.num_steps), *constants))
     return x
+
+
+def default_grid(diffusion: DiffusionConfig) -> str:
+    """A zero-terminal-SNR model must start at t = T - 1, where x_T is pure noise; SD models as LDM."""
+    return "trailing" if diffusion.zero_terminal_snr else "correct"
+
+
+@register
+class DDIM(Sampler):
+    """DDIM, eta = 0 deterministic; the released CustomNet / Zero-1-to-3 sampler."""
+
+    name = "ddim"
+    options = (
+        Option("eta", float, "DDIM noise: 0 deterministic, 1 as Zero-1-to-3's demo", 0.0),
+        Option("schedule", str, "DDIM timestep grid: 'original' reproduces the released sampler's dropped first "
+               "step; default 'trailing' for zero-terminal-SNR models, else 'correct'", default_grid, SCHEDULES),
+    )
+
+    def schedule(self, diffusion: DiffusionConfig, steps: int, *, eta: float, schedule: str) -> DDIMSchedule:
+        return ddim_schedule(alphas_cumprod(diffusion), steps, eta, schedule, diffusion.prediction_type)
+
+    def sample(self, model_fn: Callable, x_T: jax.Array, schedule: Any, key: jax.Array | None = None,
+               noises: jax.Array | None = None, on_step: Callable[[jax.Array], None] | None = None) -> jax.Array:
+        return sample(model_fn, x_T, schedule, key, noises, on_step)

@@ -1,0 +1,136 @@
+"""`python -m customnet_jax.aot`: compile the project's programs for a TPU slice on this machine, without a TPU.
+
+    python -m customnet_jax.aot --config configs/customnet.py --topology v5p-8 \\
+        --set train.batch_size=96 --set train.compute_dtype=bfloat16 --set mesh.fsdp=4
+    python -m customnet_jax.aot --config configs/tiny.py --topology v5e:2x2 --programs train,sample --json out.json
+
+Needs libtpu (`pip install -e '.[tpu]'`). The mesh is the config's (`mesh.data` x `mesh.fsdp` must use every
+chip of the slice); the batch is `train.batch_size` in the config's batch form (`data.source = "precomputed"`:
+VAE posteriors and CLIP embeddings given; otherwise raw pictures and tokens, encoded inside the step). Exit
+status: 0 when every program fits its chips' HBM, 1 when one does not, 2 for input that cannot be compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 1, 2
+PROGRAMS = ("train", "sample", "encoders")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m customnet_jax.aot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="an experiment config file (configs/<name>.py)")
+    parser.add_argument("--topology", required=True, help="a TPU slice: v5p-8, v5e-16, ... or libtpu's v5p:2x2x1")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a config field (repeatable), e.g. --set mesh.fsdp=4")
+    parser.add_argument("--programs", default="train", help=f"comma-separated, of {', '.join(PROGRAMS)}")
+    parser.add_argument("--sample-batches", default="1", help="pictures per sampling program, e.g. 1,8,32")
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sampling program")
+    parser.add_argument("--encoder-batch", type=int, default=16, help="examples per precompute-encoder call")
+    parser.add_argument("--json", help="write every program's figures here")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _check(args: argparse.Namespace):
+    """Everything that can be refused before compiling: returns (config, target, devices, programs, batches)."""
+    from customnet_jax.aot.targets import parse_target
+    from customnet_jax.config_files import load_config, override
+    from customnet_jax.train import sharding as shd
+
+    programs = [p.strip() for p in args.programs.split(",") if p.strip()]
+    unknown = sorted(set(programs) - set(PROGRAMS))
+    if unknown or not programs:
+        raise ValueError(f"--programs {args.programs!r}: choose from {', '.join(PROGRAMS)}")
+    try:
+        batches = [int(b) for b in args.sample_batches.split(",")]
+    except ValueError:
+        raise ValueError(f"--sample-batches {args.sample_batches!r}: give integers such as 1,8,32") from None
+    if min(batches) < 1 or args.sample_steps < 1 or args.encoder_batch < 1:
+        raise ValueError("--sample-batches, --sample-steps and --encoder-batch must be >= 1")
+    config = override(load_config(args.config), args.overrides)
+    target = parse_target(args.topology)
+    devices = target.devices()
+    data, fsdp = shd.mesh_shape(config.mesh, len(devices))
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices does not divide {target.name}'s "
+                         f"{len(devices)} devices exactly; set --set mesh.fsdp=F with F dividing {len(devices)} "
+                         "(and mesh.data=-1)")
+    try:
+        shd.check_config(config, len(devices))
+    except shd.ConfigError as error:
+        raise ValueError(" ".join(str(error).split("\n")[1:]).replace("  - ", "")) from None
+    return config, target, devices, programs, batches
+
+
+def _compile(lowered, name: str):
+    started = time.perf_counter()
+    compiled = lowered.compile()
+    print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
+    return compiled
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config, target, devices, programs, batches = _check(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return _fail(str(error))
+    from customnet_jax.aot import analytic
+    from customnet_jax.aot import programs as build
+    from customnet_jax.aot.report import as_record, format_figures, read_figures
+    from customnet_jax.train import sharding as shd
+    from customnet_jax.train.loop import step_flops
+
+    per_chip = max(len(devices) // target.chips, 1)
+    results = []
+
+    def report(figures) -> None:
+        print("\n".join(format_figures(figures, target)), flush=True)
+        results.append(as_record(figures, target))
+
+    if "train" in programs:
+        mesh = shd.make_mesh(config.mesh, devices)
+        lowered, batch = build.lower_train_step(config, mesh, build.batch_form(config))
+        compiled = _compile(lowered, "train step")
+        figures = read_figures(compiled, "train step", target, len(devices), per_chip, config.train.batch_size)
+        figures.flops_per_device = step_flops(compiled, config.train.grad_accum_steps) or 0.0
+        figures.analytic_flops_per_sample = analytic.train_flops_per_sample(config, batch)
+        report(figures)
+    chip = build.one_chip(devices[0])
+    for count in batches if "sample" in programs else []:
+        whole, step = build.lower_sampling(config, chip, count, args.sample_steps)
+        report(read_figures(_compile(whole, f"sampling x{count}"), f"sampling program ({args.sample_steps} DDIM "
+                            "steps, guidance batched)", target, 1, per_chip, count))
+        report(read_figures(_compile(step, f"sampling step x{count}"), "one guided UNet step (cond + uncond)",
+                            target, 1, per_chip, count))
+    if "encoders" in programs:
+        compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders")
+        report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
+                                                       "results": results}, indent=1))
+    return exit_status(results, target.name)
+
+
+def exit_status(results: list[dict], target_name: str) -> int:
+    """0 when every program fits its chips' HBM; else a line naming those that do not, and EXIT_DOES_NOT_FIT."""
+    misfits = [r["program"] for r in results if not r["fits"]]
+    if misfits:
+        print(f"does not fit: {', '.join(misfits)} (per-chip memory above {target_name}'s HBM)", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))

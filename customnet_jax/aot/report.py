@@ -1,0 +1,108 @@
+"""The TPU compiler's own figures of one compiled program, per chip, and their printout.
+
+memory:  `compiled.memory_analysis()` per device: arguments + outputs - aliased (donated) + temporaries + code;
+         x devices per chip (libtpu's compile-only v4 devices are TensorCores) = per chip, against its HBM;
+cost:    `compiled.cost_analysis()` per device: 'flops', 'bytes accessed', 'optimal_seconds' (the compiler's
+         estimated run time). XLA counts a loop body once (a scan over micro-batches, the DDIM loop): the train
+         step's FLOPs are scaled by the accumulation count as `train.loop.step_flops` does, and a loop
+         program's 'optimal_seconds' is reported as given, with per-step figures beside it. Pallas kernels
+         (splash attention) are custom calls that declare no cost: the compiler's FLOPs and time leave them out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from customnet_jax.aot.targets import GIB, Target
+
+
+@dataclasses.dataclass
+class Figures:
+    program: str
+    devices: int  # devices the program runs on
+    chips: int
+    batch: int  # samples per program run (global)
+    bytes_per_chip: float
+    hbm_per_chip: float
+    flops_per_device: float
+    bytes_accessed_per_device: float
+    seconds: float | None  # the compiler's estimate, None when not given or not usable (<= 0)
+    analytic_flops_per_sample: float | None = None
+    memory: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_per_chip <= self.hbm_per_chip
+
+    @property
+    def flops_per_sample(self) -> float:
+        return self.flops_per_device * self.devices / max(self.batch, 1)
+
+    def samples_per_second_per_chip(self) -> float | None:
+        return None if not self.seconds else self.batch / self.seconds / self.chips
+
+    def peak_share(self, target: Target) -> float | None:
+        """Compiled FLOPs per chip / estimated time / the chip's bf16 peak."""
+        if not self.seconds:
+            return None
+        return self.flops_per_device * (self.devices / self.chips) / self.seconds / target.chip.peak_flops
+
+
+def _cost(compiled: Any) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def read_figures(compiled: Any, program: str, target: Target, devices: int, devices_per_chip: int, batch: int,
+                 flops_scale: int = 1) -> Figures:
+    """Figures of one compiled program that runs on `devices` abstract devices of `target` (`devices_per_chip`:
+    libtpu's compile-only v4 devices are TensorCores, 2 per chip; 1 for the others)."""
+    stats = compiled.memory_analysis()
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+             "generated_code_size_in_bytes")
+    memory = {name.removesuffix("_size_in_bytes"): int(getattr(stats, name, 0) or 0) for name in names}
+    per_device = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
+                  + memory["generated_code"])
+    chips = max(devices // devices_per_chip, 1)
+    cost = _cost(compiled)
+    seconds = cost.get("optimal_seconds")
+    return Figures(program=program, devices=devices, chips=chips, batch=batch,
+                   bytes_per_chip=per_device * min(devices_per_chip, devices),
+                   hbm_per_chip=target.chip.hbm_bytes, flops_per_device=float(cost.get("flops", 0.0)) * flops_scale,
+                   bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
+                   seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None, memory=memory)
+
+
+def format_figures(f: Figures, target: Target) -> list[str]:
+    """A few lines of text: memory, FLOPs, traffic, estimated time and throughput."""
+    gib = lambda x: f"{x / GIB:.2f}"
+    m = f.memory
+    lines = [f"{f.program}: {f.batch} samples over {f.chips} chip(s) of {target.name} ({target.topology})",
+             f"  memory per chip {gib(f.bytes_per_chip)} GiB of {gib(f.hbm_per_chip)} "
+             f"({'fits' if f.fits else 'DOES NOT FIT'}); per device: arguments {gib(m['argument'])}, outputs "
+             f"{gib(m['output'])} (donated {gib(m['alias'])}), temporaries {gib(m['temp'])}, code "
+             f"{gib(m['generated_code'])} GiB"]
+    flops = f"  FLOPs per sample {f.flops_per_sample / 1e9:.1f} G (compiled)"
+    if f.analytic_flops_per_sample:
+        flops += (f" vs {f.analytic_flops_per_sample / 1e9:.1f} G analytic (ratio "
+                  f"{f.flops_per_sample / f.analytic_flops_per_sample:.2f}: remat recomputation and uncounted work)")
+    lines.append(flops)
+    lines.append(f"  bytes accessed per chip {f.bytes_accessed_per_device * (f.devices / f.chips) / 1e9:.1f} GB")
+    if f.seconds:
+        share = f.peak_share(target)
+        lines.append(f"  estimated time {f.seconds * 1e3:.2f} ms -> {f.samples_per_second_per_chip():.1f} samples/s "
+                     f"per chip, {f.batch / f.seconds:.1f} per slice; {100 * share:.0f}% of the chip's bf16 peak")
+    else:
+        lines.append("  estimated time: not given by the compiler for this program (a loop); see the per-step line")
+    return lines
+
+
+def as_record(f: Figures, target: Target) -> dict:
+    """The figures as one JSON-able dict (a row of benchmarks/RESULTS.md's TPU section)."""
+    record = dataclasses.asdict(f)
+    record.update(target=target.name, topology=target.topology, fits=f.fits, flops_per_sample=f.flops_per_sample,
+                  samples_per_s_per_chip=f.samples_per_second_per_chip(), peak_share=f.peak_share(target))
+    return record

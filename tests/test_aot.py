@@ -1,0 +1,97 @@
+"""Ahead-of-time TPU compilation (customnet_jax/aot): the tiny config's train step and sampling program compiled
+for a 2 x 2 TPU slice by libtpu on this CPU, with data and FSDP sharding, and the compiler's figures read; bad
+input refused in one line before anything compiles."""
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from customnet_jax.aot import cli, targets
+from customnet_jax.aot.report import Figures
+
+# data 2 x fsdp 2 over v5e:2x2's 4 chips; fsdp_min_size lowered so that the tiny model's larger kernels are really
+# split over fsdp; the precomputed batch form (the encoders are compiled in the sampling program)
+TINY = ["--config", "configs/tiny.py", "--topology", "v5e:2x2", "--set", "mesh.data=2", "--set", "mesh.fsdp=2",
+        "--set", "mesh.fsdp_min_size=4096", "--set", "data.source=precomputed"]
+
+
+def run(capsys, *args: str) -> tuple[int, str]:
+    code = cli.main(list(args))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """One run of the tool: the train step and the sampling program (2 pictures, 3 DDIM steps) of configs/tiny.py."""
+    path = tmp_path_factory.mktemp("aot") / "aot.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = cli.main([*TINY, "--programs", "train,sample", "--sample-batches", "2", "--sample-steps", "3",
+                         "--json", str(path)])
+    results = {r["program"].split(" (")[0]: r for r in json.loads(path.read_text())["results"]}
+    return code, out.getvalue(), results
+
+
+@pytest.mark.slow
+def test_tiny_train_step_compiles_for_tpu(compiled):
+    code, text, results = compiled
+    assert code == 0, text
+    train = results["train step"]
+    assert train["topology"] == "v5e:2x2" and train["devices"] == 4 and train["chips"] == 4 and train["fits"]
+    assert 0 < train["bytes_per_chip"] < 16 * 2**30
+    assert train["memory"]["argument"] > 0 and train["memory"]["alias"] > 0  # the donated train state
+    assert train["bytes_accessed_per_device"] > 0 and train["seconds"] > 0 and train["samples_per_s_per_chip"] > 0
+    # compiled FLOPs against the jaxpr count (3 x UNet forward): the same work, give or take the elementwise ops
+    # the analytic count leaves out
+    assert 0.8 < train["flops_per_sample"] / train["analytic_flops_per_sample"] < 2.0
+    assert "memory per chip" in text and "of the chip's bf16 peak" in text
+
+
+@pytest.mark.slow
+def test_tiny_sampling_program_compiles_for_one_tpu_chip(compiled):
+    _, _, results = compiled
+    sampling = results["sampling program"]
+    assert sampling["devices"] == 1 and sampling["batch"] == 2 and sampling["fits"]
+    assert sampling["flops_per_device"] > 0 and sampling["memory"]["argument"] > 0
+    step = results["one guided UNet step"]
+    assert step["seconds"] > 0 and step["flops_per_device"] > 0
+    # the whole program runs the guided UNet 3 times (plus the encoders and the decoder)
+    assert sampling["flops_per_device"] > step["flops_per_device"]
+
+
+@pytest.mark.slow
+def test_a_program_that_does_not_fit_gives_exit_status_1(compiled, capsys):
+    """The figures just compiled, read against a 1 MiB chip: exit status 1 and a line naming the program."""
+    _, _, results = compiled
+    train = dict(results["train step"])
+    assert cli.exit_status([train], "v5e:2x2") == 0
+    train["fits"] = Figures(**{**{k: train[k] for k in Figures.__dataclass_fields__}, "hbm_per_chip": 2**20}).fits
+    assert cli.exit_status([train], "v5e:2x2") == cli.EXIT_DOES_NOT_FIT
+    assert "does not fit: train step" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--topology", "v7x-8"], "known: v4-{8,"),
+    (["--topology", "v5p:2x2x1", "--set", "mesh.fsdp=3"], "does not divide"),
+    (["--topology", "v5e:2x2", "--set", "train.batch_size=6"], "train.batch_size=6 is not divisible"),
+    (["--topology", "v5e:2x2", "--programs", "train,eval"], "--programs"),
+])
+def test_bad_input_is_one_line_before_compiling(capsys, args, message):
+    code, text = run(capsys, "--config", "configs/tiny.py", *args)
+    assert code == cli.EXIT_BAD_INPUT, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], text
+    assert "compiled in" not in text
+
+
+def test_slice_names():
+    assert targets.parse_target("v5p-8").topology == "v5p:2x2x1" and targets.parse_target("v5p-8").chips == 4
+    assert targets.parse_target("v5e-8").topology == "v5e:2x4" and targets.parse_target("v5e-8").chips == 8
+    assert targets.parse_target("v4-8").topology == "v4:2x2x1"
+    assert targets.parse_target("v6e-16").topology == "v6e:4x4"
+    assert targets.parse_target("v5p-64").topology == "v5p:2x4x4"
+    with pytest.raises(targets.TargetError, match="known"):
+        targets.parse_target("v5p-6")
