@@ -108,8 +108,9 @@ def test_merged_equals_kept_apart_and_training_form(setup, tmp_path):
     both = adapters.apply_adapters(model_with_params(st.model_builder(config.model), base),
                                    [f"{file}:0.6", f"{file}:0.4"], merge=False)
     assert rel_l2(denoise_model(both, None)(inputs), as_trained) <= 1e-5
-    weights = sum(v.nbytes for v in adapters.read_adapter(file).tensors.values())  # 101k parameters here
-    assert file.stat().st_size < weights + 20_000 and not list(tmp_path.glob(".*partial"))  # + a small header
+    weights = sum(v.nbytes for v in adapters.read_adapter(file).tensors.values())  # 93k parameters here
+    # + the header: safetensors' index of 262 tensors and the JSON (measured: 38 KB on 371 KB of weights)
+    assert file.stat().st_size < 1.15 * weights and not list(tmp_path.glob(".*partial"))
 
 
 def test_only_the_adapters_are_in_the_optimizer_state(setup):
