@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="model config (configs/*.py or JSON) instead of the format's "
                    "full-size config sized from the checkpoint; needed for models whose attention heads / GroupNorm "
                    "groups differ from SD-1.x's")
+    p.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
+                   help="what the UNet predicts, for a file that does not record its diffusion config (default: "
+                   "read from the file's record or its `betas`; plain SD 1.x betas are taken as epsilon)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random text K/V")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_model_config(args.config) if args.config else None
         convert_checkpoint(args.input, args.output, format=args.format, ema=args.ema, text_encoder=args.text_encoder,
                            tokenizer=args.tokenizer, text_kv_init=args.text_kv_init, background=args.background,
-                           config=config, seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite)
+                           config=config, seed=args.seed, progress=not args.no_progress, overwrite=args.overwrite,
+                           prediction_type=args.prediction_type)
     except (CheckpointFormatError, CheckpointMismatchError, NotAModelFolderError, FileNotFoundError,
             FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -97,14 +97,16 @@ def main(argv: list[str] | None = None, make_iterator: Callable | None = None) -
     init_distributed(args)  # first: the config files import jax, which must not start its backends before it
     config = load(args)
 
-    from customnet_jax.train.checkpoint import WorkdirInUse
+    from customnet_jax.train.checkpoint import CheckpointRestoreError, CheckpointSaveError, WorkdirInUse
     from customnet_jax.train.loop import train
+    from customnet_jax.train.nonfinite import NonFiniteTrainingError
     from customnet_jax.train.sharding import ConfigError
 
     try:
         return train(config, args.workdir, make_iterator=make_iterator or random_iterator(config),
                      resume=args.resume)
-    except (ConfigError, WorkdirInUse, FileExistsError) as error:  # the user's to fix: no traceback
+    except (ConfigError, WorkdirInUse, FileExistsError, NonFiniteTrainingError, CheckpointRestoreError,
+            CheckpointSaveError) as error:  # the user's to fix or know: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -75,6 +75,8 @@ class TrainConfig:
     sample_prompt: str = ""  # their caption (CustomNet models)
     export_model: bool = True  # write the trained weights as a model folder <workdir>/model at the end
     export_ema: bool = True  # export the EMA weights when ema_decay > 0 (False: the raw weights)
+    nonfinite_policy: str = "stop"  # a step with a NaN/inf loss, gradient or update is skipped; "stop": stop after
+    nonfinite_patience: int = 5  # this many in a row (docs/faults.md); "skip": skip them and go on
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,11 @@
     <folder>/params/           the parameters, an orbax checkpoint of the nnx.Param tree
     <folder>/tokenizer/        vocab.json + merges.txt (CustomNet models; Zero-1-to-3 has no text)
     <folder>/provenance.json   where the weights came from (file, size, sha256, format, EMA), free-form
+    <folder>/checksums.json    sha256 of every parameter file, verified at load (older folders have none)
 
-The folder is written under a temporary name and renamed when complete: a reader never sees half of one.
+The folder is written under a temporary name and swapped in when complete (`customnet_jax.model_files`): a
+reader never sees half of one, `overwrite` replaces only a model folder, NaN / inf weights are never written
+nor loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,6 +28,15 @@ from flax import nnx
 
 from customnet_jax.config_files import from_dict, to_dict
 from customnet_jax.diffusion.schedule import DiffusionConfig
+from customnet_jax.model_files import (
+    check_finite,
+    check_replaceable,
+    clean_leftovers,
+    publish,
+    staging_folder,
+    verify_checksums,
+    write_checksums,
+)
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.text import ASSETS as DEFAULT_TOKENIZER
@@ -76,14 +88,17 @@ def param_tree(model: nnx.Module) -> dict:
 def save_model_folder(path: str | pathlib.Path, params: dict, model_config: CustomNetConfig,
                       diffusion_config: DiffusionConfig | None = None, provenance: dict | None = None,
                       tokenizer: str | pathlib.Path | None = DEFAULT_TOKENIZER,
-                      overwrite: bool = False) -> pathlib.Path:
-    """Write a model folder atomically. `params` is `param_tree(model)` (arrays, numpy or jax)."""
+                      overwrite: bool = False,
+                      extra: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+    """Write a model folder atomically. `params` is `param_tree(model)` (arrays, numpy or jax); `extra(folder)`
+    adds files to the staging folder before it is published. Refuses non-finite weights, naming the tensor, and
+    (with `overwrite`) any existing `path` that is not a model folder, before anything is written."""
     diffusion_config = diffusion_config or DiffusionConfig()
     path = pathlib.Path(path).absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another output folder or pass overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    check_replaceable(path, overwrite)
+    check_finite(params, f"refusing to write the model folder {path}")
+    clean_leftovers(path)
+    staging = staging_folder(path)
     try:
         (staging / "config.json").write_text(json.dumps(
             {"model": to_dict(model_config), "diffusion": to_dict(diffusion_config)}, indent=2))
@@ -101,9 +116,10 @@ def save_model_folder(path: str | pathlib.Path, params: dict, model_config: Cust
                                               multiprocessing_options=only_me)
         ocp.Checkpointer(handler, multiprocessing_options=only_me).save(staging / "params",
                                                                         args=ocp.args.PyTreeSave(params))
-        if path.exists():
-            shutil.rmtree(path)
-        staging.rename(path)
+        if extra is not None:
+            extra(staging)
+        write_checksums(staging)
+        publish(staging, path, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -116,6 +132,7 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = jnp.float32, remat: boo
     jax.sharding.Sharding for all, or a function path -> Sharding; default: the first device).
     `attention`: the UNet's attention implementation (models/layers.py)."""
     folder = read_folder(path)
+    verify_checksums(folder.path)
     model = abstract_model(lambda: CustomNet(folder.model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat,
                                              attention=attention))
     state = nnx.state(model, nnx.Param)
@@ -130,6 +147,7 @@ def load_model(path: str | pathlib.Path, *, dtype: Any = jnp.float32, remat: boo
         restored = ocp.StandardCheckpointer().restore(folder.path / "params", abstract)
     except (ValueError, KeyError) as error:
         raise NotAModelFolderError(f"{folder.path}/params does not match {folder.path}/config.json: {error}") from error
+    check_finite(restored, f"refusing to load {folder.path}/params")
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     return model, folder

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +32,7 @@ from customnet_jax.convert import (
     text_kv_params,
 )
 from customnet_jax.convert.importers import default_config
-from customnet_jax.convert.layouts import infer_config
+from customnet_jax.convert.shapes import infer_config
 from customnet_jax.model_folder import load_model
 from customnet_jax.weights.rules import CheckpointMismatchError
 from tests.helpers import rel_l2, torch_state_to_numpy
@@ -389,9 +390,16 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     bare.write_bytes(pickle.dumps(Evil(marker)))  # a bare pickle (legacy path)
     inside = tmp_path / "evil_inside.pt"
     torch.save({"model.diffusion_model.conv.weight": torch.zeros(1), "cc_projection.weight": Evil(marker)}, inside)
-    for path in (plain, bare, inside):
-        with pytest.raises(UnsafeCheckpointError, match="refused .*posix.system.*nothing from the file was executed"):
+    legacy = tmp_path / "evil_legacy.pt"  # the pre-1.6 (non-zip) torch.save format
+    torch.save(Evil(marker), legacy, _use_new_zipfile_serialization=False)
+    legacy_inside = tmp_path / "evil_legacy_inside.pt"
+    torch.save({"model.diffusion_model.conv.weight": torch.zeros(1), "trap": Evil(marker)}, legacy_inside,
+               _use_new_zipfile_serialization=False)
+    for path in (plain, bare, inside, legacy, legacy_inside):
+        with pytest.raises(UnsafeCheckpointError, match="refused .*asks to run code .*posix.system.* will not be "
+                                                        "loaded; nothing from the file was executed") as refused:
             convert_checkpoint(path, tmp_path / "out", progress=False, log=lambda m: None)
+        assert "weights_only" not in str(refused.value)  # never the advice to load it unsafely
         assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
@@ -414,6 +422,52 @@ def test_corrupt_and_non_checkpoint_files(files, tmp_path):
     torch.save({"encoder.weight": torch.zeros(2), "decoder.bias": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointFormatError, match="unknown checkpoint layout"):
         convert_checkpoint(tmp_path / "other.pt", tmp_path / "out", progress=False, log=lambda m: None)
+
+
+def test_non_finite_tensor_is_refused_at_conversion_by_name(weights, tmp_path):
+    w, _ = weights
+    state = customnet_state(w, "unet")
+    state["cc_projection.weight"] = state["cc_projection.weight"].clone()
+    state["cc_projection.weight"][0, 0] = float("inf")
+    torch.save(state, tmp_path / "inf.pt")
+    with pytest.raises(CheckpointFormatError, match="tensor cc_projection.weight of the checkpoint holds NaN or inf"):
+        convert_checkpoint(tmp_path / "inf.pt", tmp_path / "out", config=CUSTOMNET, progress=False,
+                           log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_export_then_import_keeps_the_diffusion_config(weights, folders, tmp_path):
+    """A v-prediction, zero-terminal-SNR model -> .safetensors + .pt (+ .diffusion.json) -> model folders with the
+    same diffusion config; without the record the zero-SNR betas tell it; betas of no known schedule and no
+    record: refused, not guessed."""
+    from customnet_jax.config_files import to_dict
+    from customnet_jax.diffusion.schedule import DiffusionConfig
+    from customnet_jax.model_folder import read_folder
+
+    v_model = tmp_path / "v_model"
+    shutil.copytree(folders["customnet"], v_model)
+    v_config = DiffusionConfig(prediction_type="v_prediction", zero_terminal_snr=True)
+    config = json.loads((v_model / "config.json").read_text())
+    (v_model / "config.json").write_text(json.dumps(dict(config, diffusion=to_dict(v_config))))
+    st_path, pt_path = export_pytorch(v_model, tmp_path / "export" / "v", progress=False, log=lambda m: None)
+    with safe_open(st_path, framework="pt") as f:
+        assert json.loads(f.metadata()["customnet_jax.diffusion"])["prediction_type"] == "v_prediction"
+    quiet = dict(config=CUSTOMNET, progress=False, log=lambda m: None)
+    for path in (st_path, pt_path):
+        back = convert_checkpoint(path, tmp_path / f"back_{path.suffix[1:]}", **quiet)
+        assert read_folder(back).diffusion == v_config
+    (tmp_path / "export" / "v.diffusion.json").unlink()
+    messages = []
+    back = convert_checkpoint(pt_path, tmp_path / "back_betas", **dict(quiet, log=messages.append))
+    assert read_folder(back).diffusion == v_config and any("zero-terminal-SNR" in m for m in messages)
+
+    w, _ = weights
+    state = customnet_state(w, "unet")
+    state["betas"] = torch.linspace(1e-4, 0.5, 1000, dtype=torch.float64).float() ** 1.5
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointFormatError, match="noise schedule is unknown"):
+        convert_checkpoint(tmp_path / "odd.pt", tmp_path / "odd", **quiet)
 
 
 def test_wrong_format_reports_grouped_missing_and_unexpected_keys(files, tmp_path):

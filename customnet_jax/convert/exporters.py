@@ -6,11 +6,16 @@ back from the folder's `extra_tensors.safetensors`, so import -> export reproduc
 shapes and values. A model trained from scratch has no such file: the schedule buffers (as LDM's
 `register_schedule` computes them) and position ids are regenerated. Zero-1-to-3 models are written as a
 Lightning-style `{"state_dict": ...}` .pt, as zero123's own loader expects.
+
+The diffusion config (schedule, prediction type, zero-terminal SNR), which the tensors cannot fully tell, goes
+with the weights: in the safetensors header's metadata and in `<output>.diffusion.json` beside the .pt; the
+import reads it back (`importers.diffusion_of`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +23,11 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from customnet_jax.config_files import to_dict
 from customnet_jax.convert.importers import EXTRA_TENSORS, _bar
-from customnet_jax.convert.layouts import TEXT_PREFIX
 from customnet_jax.convert.readers import open_checkpoint
+from customnet_jax.convert.schedules import DIFFUSION_METADATA, diffusion_json_path
+from customnet_jax.convert.source import TEXT_PREFIX
 from customnet_jax.convert.writers import SafetensorsWriter, TorchZipWriter
 from customnet_jax.diffusion.schedule import DiffusionConfig, betas
 from customnet_jax.model_folder import load_model
@@ -36,15 +43,16 @@ def schedule_buffers(config: DiffusionConfig) -> dict[str, np.ndarray]:
     cumprod = np.cumprod(alphas, axis=0)
     prev = np.append(1.0, cumprod[:-1])
     variance = b * (1.0 - prev) / (1.0 - cumprod)
-    values = {
-        "betas": b, "alphas_cumprod": cumprod, "alphas_cumprod_prev": prev,
-        "sqrt_alphas_cumprod": np.sqrt(cumprod), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
-        "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
-        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1), "posterior_variance": variance,
-        "posterior_log_variance_clipped": np.log(np.maximum(variance, 1e-20)),
-        "posterior_mean_coef1": b * np.sqrt(prev) / (1.0 - cumprod),
-        "posterior_mean_coef2": (1.0 - prev) * np.sqrt(alphas) / (1.0 - cumprod),
-    }
+    with np.errstate(divide="ignore"):  # a zero-terminal-SNR schedule has a_T = 0: inf where LDM's has them too
+        values = {
+            "betas": b, "alphas_cumprod": cumprod, "alphas_cumprod_prev": prev,
+            "sqrt_alphas_cumprod": np.sqrt(cumprod), "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - cumprod),
+            "log_one_minus_alphas_cumprod": np.log(1.0 - cumprod), "sqrt_recip_alphas_cumprod": np.sqrt(1.0 / cumprod),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / cumprod - 1), "posterior_variance": variance,
+            "posterior_log_variance_clipped": np.log(np.maximum(variance, 1e-20)),
+            "posterior_mean_coef1": b * np.sqrt(prev) / (1.0 - cumprod),
+            "posterior_mean_coef2": (1.0 - prev) * np.sqrt(alphas) / (1.0 - cumprod),
+        }
     return {k: v.astype(np.float32) for k, v in values.items()}
 
 
@@ -62,6 +70,7 @@ def export_pytorch(folder: str | pathlib.Path, output: str | pathlib.Path, *, pr
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; choose another --output or pass --overwrite")
     model, info = load_model(folder)
+    safetensors_path.parent.mkdir(parents=True, exist_ok=True)
     rules = customnet_rules(info.model)
     shapes = expected_torch_shapes(rules, param_shapes(model))
     values = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
@@ -86,6 +95,9 @@ def export_pytorch(folder: str | pathlib.Path, output: str | pathlib.Path, *, pr
         log("note: the folder has no extra tensors (it was not converted from a released file): the schedule "
             "buffers and position ids are regenerated, the unused OpenAI-CLIP text leftovers are not written")
     regenerated = dict(schedule_buffers(info.diffusion))
+    if "betas" in producers and not np.allclose(producers["betas"][2](), regenerated["betas"], rtol=1e-5, atol=0):
+        for key in regenerated:  # the source file's schedule is not the folder's (trained on another one): ours
+            producers.pop(key, None)
     if info.model.text_encoder is not None:  # e.g. a zero123 -> CustomNet folder: its text came from a CLIP folder
         regenerated[TEXT_PREFIX + "embeddings.position_ids"] = np.arange(info.model.text_encoder.max_length,
                                                                         dtype=np.int64)[None]
@@ -98,7 +110,9 @@ def export_pytorch(folder: str | pathlib.Path, output: str | pathlib.Path, *, pr
     step = info.provenance.get("source", {}).get("global_step")
     wrap = (lambda state: {"state_dict": state, **({"global_step": step} if isinstance(step, int) else {})}) \
         if zero123 else None
-    safetensors = SafetensorsWriter(safetensors_path, items, {"format": "pt", "layout": "customnet"})
+    diffusion_json = json.dumps(to_dict(info.diffusion))
+    safetensors = SafetensorsWriter(safetensors_path, items, {"format": "pt", "layout": "customnet",
+                                                              DIFFUSION_METADATA: diffusion_json})
     torch_file = TorchZipWriter(pt_path, items, wrap=wrap)
     bar = _bar(sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in items), "exporting", progress)
     try:
@@ -109,6 +123,10 @@ def export_pytorch(folder: str | pathlib.Path, output: str | pathlib.Path, *, pr
             bar.update(array.nbytes)
         safetensors.close()
         torch_file.close()
+        beside = diffusion_json_path(pt_path)
+        partial = beside.with_name(beside.name + ".partial")
+        partial.write_text(json.dumps({"diffusion": json.loads(diffusion_json)}, indent=2))
+        os.replace(partial, beside)
     except BaseException:
         safetensors.abort()
         torch_file.abort()
@@ -117,7 +135,7 @@ def export_pytorch(folder: str | pathlib.Path, output: str | pathlib.Path, *, pr
         bar.close()
         if extras_checkpoint is not None:
             extras_checkpoint.close()
-    log(f"wrote {safetensors_path} and {pt_path}: {len(keys)} tensors"
+    log(f"wrote {safetensors_path} and {pt_path} (+ {diffusion_json_path(pt_path).name}): {len(keys)} tensors"
         + (" (zero123 layout: the .pt holds {'state_dict': ...})" if zero123 else ""))
     return safetensors_path, pt_path
 

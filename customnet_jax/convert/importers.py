@@ -17,30 +17,24 @@ import hashlib
 import json
 import pathlib
 import re
-import shutil
-import tempfile
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 import customnet_jax
-from customnet_jax.convert.layouts import (
-    EMA_PREFIX,
-    TEXT_PREFIX,
-    Source,
-    apply_hints,
-    infer_config,
-    open_clip_text,
-    open_source,
-    text_from_shapes,
-)
-from customnet_jax.convert.readers import CheckpointFormatError, LazyTensor
+from customnet_jax.convert.layouts import apply_hints, open_clip_text, open_source
+from customnet_jax.convert.schedules import diffusion_of
+from customnet_jax.convert.shapes import infer_config, text_from_shapes
+from customnet_jax.convert.source import EMA_PREFIX, TEXT_PREFIX, Source
+from customnet_jax.convert.tensors import CheckpointFormatError, LazyTensor
 from customnet_jax.convert.writers import SafetensorsWriter
-from customnet_jax.diffusion.schedule import DiffusionConfig, betas
+from customnet_jax.diffusion.schedule import DiffusionConfig
+from customnet_jax.model_files import check_replaceable, clean_leftovers
 from customnet_jax.model_folder import save_model_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig
@@ -94,12 +88,16 @@ def _bar(total: int, description: str, enabled: bool) -> Any:
 
 
 def _counting(tensors: Mapping[str, LazyTensor], keys: set[str], bar: Any) -> dict[str, LazyTensor]:
-    """`tensors` with the ones in `keys` advancing `bar` by their size the first time they are read."""
+    """`tensors` with the ones in `keys` advancing `bar` by their size the first time they are read, and refused
+    when they hold NaN or inf (named by their checkpoint key)."""
     seen: set[str] = set()
 
     def wrap(key: str, tensor: LazyTensor) -> LazyTensor:
         def read() -> np.ndarray:
             array = tensor.read()
+            if jnp.issubdtype(array.dtype, jnp.floating) and not np.all(np.isfinite(array)):
+                raise CheckpointFormatError(f"tensor {key} of the checkpoint holds NaN or inf values: refusing to "
+                                            "convert weights that would make black or noise pictures")
             if key not in seen:
                 seen.add(key)
                 bar.update(tensor.nbytes)
@@ -119,23 +117,6 @@ def read_params(tensors: Mapping[str, LazyTensor], config: CustomNetConfig, igno
         return import_tensors(_counting(tensors, keys, bar), rules, model_shapes(config), ignore=(*IGNORED, *ignore))
     finally:
         bar.close()
-
-
-def diffusion_from_checkpoint(tensors: Mapping[str, LazyTensor], log: Log) -> DiffusionConfig:
-    """The DDPM schedule the checkpoint was trained with, recognised from its `betas` buffer if it has one."""
-    if "betas" not in tensors:
-        return DiffusionConfig()
-    stored = np.asarray(tensors["betas"], np.float64).reshape(-1)
-    candidates = [DiffusionConfig(num_train_timesteps=len(stored))]
-    for schedule in ("scaled_linear", "linear"):
-        start, end = (round(float(v), 8) for v in (stored[0], stored[-1]))
-        if 0 < start < end < 1:
-            candidates.append(DiffusionConfig(len(stored), start, end, schedule))
-    for candidate in candidates:
-        if np.allclose(betas(candidate), stored, rtol=1e-5, atol=0):
-            return candidate
-    log("warning: the checkpoint's `betas` match no scaled_linear / linear schedule; using the default")
-    return DiffusionConfig()
 
 
 # ---------------------------------------------------------------------------------------------- zero123 -> CustomNet
@@ -211,7 +192,8 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
                        ema: bool = False, text_encoder: str | pathlib.Path | None = None,
                        tokenizer: str | pathlib.Path | None = None, text_kv_init: str = "random",
                        background: bool = False, config: CustomNetConfig | None = None, seed: int = 0,
-                       progress: bool = True, overwrite: bool = False, log: Log = print) -> pathlib.Path:
+                       progress: bool = True, overwrite: bool = False, prediction_type: str | None = None,
+                       log: Log = print) -> pathlib.Path:
     """Convert a released checkpoint into a model folder that `model_folder.load_model` reads.
 
     format: auto | customnet | zero123 | diffusers-zero123 (clip-text folders go in `text_encoder`).
@@ -221,12 +203,13 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
       as Zero-1-to-3).
     background: widen conv_in to 12 input channels with zeros (the composition model's initialisation).
     config: the model config; default: the format's full-size config, sizes fitted to the checkpoint.
+    prediction_type: what the UNet predicts, for files that do not record it (`convert.schedules`).
     """
     if text_kv_init not in TEXT_KV_INITS:
         raise ValueError(f"--text-kv-init {text_kv_init!r}: use one of {tuple(TEXT_KV_INITS)}")
     input, output = pathlib.Path(input), pathlib.Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; choose another --output or pass --overwrite")
+    check_replaceable(output.absolute(), overwrite)
+    clean_leftovers(output.absolute(), log)
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(open_source(input, format, ema))
         if source.format == "clip-text":
@@ -270,7 +253,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
             _check_tokenizer(tokenizer_folder, target.text_encoder)
         shapes = model_shapes(target) if target != source_config else None
 
-        diffusion = diffusion_from_checkpoint(source.tensors, log)
+        diffusion = diffusion_of(input, source.metadata, source.tensors, prediction_type, log)
         params = read_params(source.tensors, source_config, source.ignore, progress)
         provenance_init: dict[str, Any] = {}
         text_record = None
@@ -320,35 +303,27 @@ def _check_complete(params: Mapping[Path, np.ndarray], shapes: Mapping[Path, tup
 def _write_folder(output: pathlib.Path, params: dict[Path, np.ndarray], config: CustomNetConfig,
                   diffusion: DiffusionConfig, provenance: dict, tokenizer: pathlib.Path | None,
                   extras: Mapping[str, LazyTensor], key_order: list[str], overwrite: bool, log: Log) -> pathlib.Path:
-    """save_model_folder into a staging name, add the extra tensors, then rename: readers never see half a folder."""
-    output = output.absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging_root = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.converting-", dir=output.parent))
-    try:
-        # jax arrays, one at a time (orbax saves those without a staging copy); waiting for each transfer lets
-        # its numpy source go at once: async device_puts would keep all the sources alive, a second model copy
-        for path in list(params):
-            params[path] = jax.block_until_ready(jax.device_put(params.pop(path)))
-        staging = save_model_folder(staging_root / "folder", nest(params), config, diffusion, provenance,
-                                    tokenizer=tokenizer)
-        if extras:
-            items = [(k, t.shape, t.dtype) for k, t in extras.items()]
-            writer = SafetensorsWriter(staging / EXTRA_TENSORS, items,
-                                       {"source_key_order": json.dumps(key_order)})
-            try:
-                for tensor in extras.values():
-                    writer.write(tensor.read())
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-        if output.exists():
-            if not overwrite:
-                raise FileExistsError(f"{output} exists; choose another --output or pass --overwrite")
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging_root, ignore_errors=True)
+    """save_model_folder with the extra tensors added before the folder is published (atomically)."""
+    # jax arrays, one at a time (orbax saves those without a staging copy); waiting for each transfer lets
+    # its numpy source go at once: async device_puts would keep all the sources alive, a second model copy
+    for path in list(params):
+        params[path] = jax.block_until_ready(jax.device_put(params.pop(path)))
+
+    def write_extras(staging: pathlib.Path) -> None:
+        if not extras:
+            return
+        items = [(k, t.shape, t.dtype) for k, t in extras.items()]
+        writer = SafetensorsWriter(staging / EXTRA_TENSORS, items, {"source_key_order": json.dumps(key_order)})
+        try:
+            for tensor in extras.values():
+                writer.write(tensor.read())
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+
+    save_model_folder(output, nest(params), config, diffusion, provenance, tokenizer=tokenizer, overwrite=overwrite,
+                      extra=write_extras)
     size = sum(int(np.prod(v.shape)) for v in params.values())
     log(f"wrote {output}: {size:,} parameters ({'CustomNet' if config.text_encoder else 'Zero-1-to-3'}, "
         f"UNet in_channels {config.unet.in_channels}), {len(extras)} extra tensors kept for export")

@@ -5,16 +5,21 @@
   build("pairs", data_dir, path=folder_or_manifest, image_size=256)        prepared natural pairs
 Each writes the raw records of `records.py` to data_dir/<builder>/<config name>/1.0.0 with "train" and
 "validation" splits, skips bad items (reported in the log and in skipped.json beside the data), and returns
-(dataset folder, SkipReport). The config name defaults to a hash of the parameters, so a different build
-never reuses an old one. Read a dataset with `tfds.builder_from_directory(folder).as_data_source(split)`.
+(dataset folder, SkipReport). The config name defaults to a hash of the parameters and of the source's
+fingerprint (every file's path, size and modification time), so a different build, or the same one after the
+source changed, never reuses an old one; with an explicit `name` a changed source is refused unless
+`rebuild=True`. A source where every item is bad is one error naming it. Read a dataset with
+`tfds.builder_from_directory(folder).as_data_source(split)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import pathlib
+import shutil
 
 import tensorflow_datasets as tfds
 
@@ -131,9 +136,27 @@ def config_name(params: dict) -> str:
     return "p" + hashlib.sha1(repr(sorted(params.items())).encode()).hexdigest()[:10]
 
 
-def build(source: str, data_dir: str | pathlib.Path, *, name: str | None = None,
+FINGERPRINT_FILE = "source_fingerprint.json"
+
+
+def source_fingerprint(params: dict) -> str:
+    """sha1 over (path, size, mtime) of every file of the source's path / backgrounds / captions (stat only)."""
+    digest = hashlib.sha1()
+    for key in ("path", "backgrounds", "captions"):
+        if not params.get(key):
+            continue
+        root = pathlib.Path(params[key])
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def build(source: str, data_dir: str | pathlib.Path, *, name: str | None = None, rebuild: bool = False,
           **params) -> tuple[pathlib.Path, records.SkipReport]:
-    """Build (or find already built) the `source` dataset under data_dir -> (dataset folder, skip report)."""
+    """Build (or find already built) the `source` dataset under data_dir -> (dataset folder, skip report).
+    `rebuild`: build again over an existing build of this name (needed after the source changed)."""
     if source not in BUILDERS:
         raise ValueError(f"unknown source {source!r}; expected one of {tuple(BUILDERS)}")
     builder_cls, config_cls = BUILDERS[source]
@@ -144,16 +167,25 @@ def build(source: str, data_dir: str | pathlib.Path, *, name: str | None = None,
                 raise FileNotFoundError(f"{source} {key} {params[key]} does not exist")
     if source != "synthetic" and not params.get("path"):
         raise ValueError(f"build({source!r}, ...) needs path= (the source folder or manifest)")
-    name = name or config_name(params)
+    fingerprint = source_fingerprint(params)
+    name = name or config_name({**params, **({"source_fingerprint": fingerprint} if params.get("path") else {})})
     builder = builder_cls(config=config_cls(name=name, **params), data_dir=str(data_dir), file_format="array_record")
     folder = pathlib.Path(builder.data_dir)
     if (folder / "dataset_info.json").is_file():
-        return folder, records.SkipReport.load(folder)
+        recorded = folder / FINGERPRINT_FILE
+        stored = json.loads(recorded.read_text()).get("sha1") if recorded.is_file() else None
+        if rebuild:
+            shutil.rmtree(folder)
+        elif stored not in (None, fingerprint):
+            raise ValueError(f"{folder} was built from {params.get('path')} before it changed (its files' sizes or "
+                             "times differ): build again with rebuild=True, or choose a new name")
+        else:
+            return folder, records.SkipReport.load(folder)
     try:
         _prepare(builder, data_dir)
     except AssertionError:
         if not builder.empty_splits or "train" in builder.empty_splits:
-            raise ValueError(f"building {folder}: no usable train examples; {builder.report.summary()}") from None
+            raise _no_examples(source, params, builder.report) from None
         logging.warning("building %s: split %s is empty (every item bad); building without it", folder,
                         builder.empty_splits)
         splits = tuple(s for s in SPLITS if s not in builder.empty_splits)
@@ -161,12 +193,21 @@ def build(source: str, data_dir: str | pathlib.Path, *, name: str | None = None,
         builder = builder_cls(config=config_cls(name=name, splits=splits, **params), data_dir=str(data_dir),
                               file_format="array_record")
         builder.report = report
-        _prepare(builder, data_dir)
+        try:
+            _prepare(builder, data_dir)
+        except AssertionError:  # the train split is empty too
+            raise _no_examples(source, params, builder.report) from None
     builder.report.save(folder)
+    (folder / FINGERPRINT_FILE).write_text(json.dumps({"sha1": fingerprint}))
     if builder.report.count:
         logging.warning("building %s: %s (list in %s)", folder, builder.report.summary(),
                         folder / records.REPORT_FILE)
     return folder, builder.report
+
+
+def _no_examples(source: str, params: dict, report: records.SkipReport) -> ValueError:
+    return ValueError(f"the {source} source {params.get('path') or ''} has no usable train examples: every item is "
+                      f"bad; {report.summary()}")
 
 
 def _prepare(builder: tfds.core.DatasetBuilder, data_dir) -> None:

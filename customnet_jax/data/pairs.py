@@ -33,6 +33,12 @@ from customnet_jax.data.views import split_ids
 CANVAS = 256  # the original's box arithmetic is in 256-px canvas pixels
 
 
+def finite_numbers(values, count: int) -> bool:
+    """`values` is a list of `count` finite numbers (not strings, not booleans, not NaN / inf)."""
+    return (isinstance(values, list | tuple) and len(values) == count
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values))
+
+
 def _picture(path: pathlib.Path, mode: str = "RGB") -> np.ndarray:
     if not path.is_file():
         raise BadData(path, "missing file")
@@ -91,7 +97,7 @@ def read_photo(folder: pathlib.Path, size: int, report: SkipReport) -> Iterator[
     if not mask.any():
         raise BadData(folder / "mask.jpg", "empty mask")
     bbox = meta.get("bbox", mask_xywh(mask))
-    if len(bbox) != 4 or not all(isinstance(v, int | float) for v in bbox) or min(bbox[2], bbox[3]) <= 0:
+    if not finite_numbers(bbox, 4) or min(bbox[2], bbox[3]) <= 0:
         raise BadData(folder / "meta.json", f"bbox {bbox} is not [x, y, w, h] with w, h > 0")
     box = enlarged_box(bbox, photo.shape[1], photo.shape[0])
     if clip_box(box, CANVAS) is None:
@@ -101,6 +107,9 @@ def read_photo(folder: pathlib.Path, size: int, report: SkipReport) -> Iterator[
         raise BadData(folder / "meta.json", "'view' must be a non-empty list of [polar, azimuth, radius]")
     target, caption = resize_rgb(photo, size), _caption(folder, meta)
     for i, (polar, azimuth, radius) in enumerate(views):
+        if not finite_numbers([polar, azimuth, radius], 3):
+            report.add(folder / "meta.json", f"view {i} {[polar, azimuth, radius]} is not three finite numbers")
+            continue
         try:
             condition = resize_rgb(_picture(folder / f"multi_view_{i:02d}.jpg"), size)
         except BadData as e:
@@ -117,8 +126,11 @@ def _manifest_record(line: dict, manifest: pathlib.Path, number: int, size: int)
         target = _picture(base / line["target"])
         condition = _picture(base / line["object"])
         x0, y0, x1, y1 = (float(v) for v in line["box"])
-        view = (np.asarray(line["view"], np.float32) if "view" in line
-                else view_from_degrees(*(float(v) for v in line["degrees"])))
+        camera = line["view"] if "view" in line else line["degrees"]
+        if not finite_numbers(camera, 4 if "view" in line else 3) or not finite_numbers(line["box"], 4):
+            raise BadData(where, f"{'view' if 'view' in line else 'degrees'} {camera} or box {line['box']} is not "
+                                 "a list of finite numbers")
+        view = (np.asarray(camera, np.float32) if "view" in line else view_from_degrees(*(float(v) for v in camera)))
     except (KeyError, TypeError, ValueError) as e:
         raise BadData(where, f"manifest entry lacks or misstates a field ({type(e).__name__}: {e})") from e
     height, width = target.shape[:2]

@@ -15,6 +15,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from customnet_jax.data.named_source import NamedRecords
 from customnet_jax.data.transforms import DecodePrecomputed, DecodeRaw, DrawDropout
 from customnet_jax.experiment import Config
 
@@ -41,7 +42,7 @@ def open_source(path: str | pathlib.Path, split: str):
     builder = tfds.builder_from_directory(str(folder))
     if split not in builder.info.splits:
         raise ValueError(f"dataset {folder} has splits {list(builder.info.splits)}, not {split!r}")
-    return builder.as_data_source(split=split), builder.info.features
+    return NamedRecords(builder.as_data_source(split=split), folder, split, builder.info), builder.info.features
 
 
 def dataset_path(config: Config, process_count: int = 1) -> pathlib.Path:

@@ -35,11 +35,19 @@ def object_ids(root: str | pathlib.Path) -> list[str]:
     root = pathlib.Path(root)
     valid = root / "valid_paths.json"
     if valid.is_file():
-        ids = json.loads(valid.read_text())
+        ids = read_json_index(valid)
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError(f"{valid} must hold a JSON list of object ids (folder names)")
         return ids
     return sorted(d.name for d in root.iterdir() if d.is_dir())
+
+
+def read_json_index(path: pathlib.Path) -> object:
+    """A JSON index file (valid_paths.json, captions); a damaged one is an error that names it."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is damaged or unreadable ({error}): fix or regenerate it") from None
 
 
 def split_ids(ids: list, split: str) -> list:
@@ -143,7 +151,9 @@ def view_records(root: str | pathlib.Path, split: str, *, size: int, pairs_per_o
                  alpha_mode: str, report: SkipReport) -> Iterator[tuple[str, dict]]:
     """(key, raw record) for every sampled view pair of the split's objects."""
     root = pathlib.Path(root)
-    caption_of = json.loads(pathlib.Path(captions).read_text()) if captions else {}
+    caption_of = read_json_index(pathlib.Path(captions)) if captions else {}
+    if not isinstance(caption_of, dict):
+        raise ValueError(f"{captions} must hold a JSON object {{object id: caption}}")
     bgs = _Backgrounds(backgrounds, size, report)
     for object_id in split_ids(object_ids(root), split):
         views = read_object(root / object_id, size, report)

@@ -16,9 +16,11 @@ import numpy as np
 
 from customnet_jax import matting
 from customnet_jax.adapters import adapt_pipeline, add_lora_flags, read_specs
+from customnet_jax.model_folder import read_folder
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
 from customnet_jax.sampling.flags import add_sampling_arguments, sampling_options
 from customnet_jax.sampling.outputs import write_results
+from customnet_jax.sampling.validate import check_pictures, validate_arguments
 
 DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
@@ -107,6 +109,12 @@ def enable_compilation_cache() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
+    try:  # every argument, before any work (the model's canvas size from its config alone)
+        folder = args.checkpoint or (DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER)
+        validate_arguments(args, parse_values, lambda: read_folder(folder).model)
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     enable_compilation_cache()
     try:
         adapters = read_specs(args.lora)  # before the model is loaded: a bad file or scale fails fast
@@ -180,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           mask=mask, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
                           image_guidance=args.image_guidance, text_guidance=args.text_guidance,
                           progress=not args.no_progress, **sampling_options(args))
+        check_pictures(result.latents)
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2

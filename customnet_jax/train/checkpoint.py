@@ -7,17 +7,24 @@
 orbax writes each checkpoint under a temporary name and renames it when every host has finished, so a
 checkpoint that was being written when the process died is never listed: `latest_step()` is the latest
 complete one, and the leftovers of a half-written one are ignored (and removed when the next run starts).
+A checkpoint that does not restore (truncated file, missing metadata, damaged data-iterator state) is skipped:
+`restore_latest` takes the newest one that restores, says which were skipped and why, and moves each skipped one
+aside to `<step>.unreadable` (kept for inspection; a new checkpoint of that step could not be written beside it).
+A save that fails (disk full) stops the run with one `CheckpointSaveError` naming the step and the cause; the
+earlier checkpoints are untouched, and the failed one's temporary folder is removed when the next run starts.
 A SIGTERM (preemption) asks the loop to write a checkpoint of the current step and stop (`PreemptionFlag`).
 One run per workdir (`WorkdirLock`): a second trainer there would write over the first one's checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import pathlib
 import signal
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -31,6 +38,27 @@ from customnet_jax.experiment import Config
 ITEMS = ("state", "data_iter", "config")
 
 
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (disk full, permissions); the earlier checkpoints are intact."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No checkpoint of the workdir restores."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error (orbax / tensorstore errors run over many lines), with its root cause's."""
+    root = error
+    while root.__cause__ is not None or root.__context__ is not None:
+        root = root.__cause__ or root.__context__
+    return _first_line(error) + (f" (cause: {_first_line(root)})" if root is not error else "")
+
+
 class Checkpointer:
     """orbax CheckpointManager for the train state + data iterator + config, every `every` steps, keeping `keep`."""
 
@@ -40,6 +68,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=use_async, cleanup_tmp_directories=True, create=True)
         self.manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+        self._saving: int | None = None  # the step of the save that may still be in flight
 
     def latest_step(self) -> int | None:
         """The latest complete checkpoint (a half-written one is never listed)."""
@@ -55,7 +84,53 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data_iter=grain.checkpoint.CheckpointSave(iterator),
                                   config=ocp.args.JsonSave(to_dict(config)))
-        return self.manager.save(step, args=args, force=True)
+        with self._failures(step):  # an earlier async save's failure surfaces here too: it names that step
+            started = self.manager.save(step, args=args, force=True)
+        self._saving = step
+        return started
+
+    @contextlib.contextmanager
+    def _failures(self, step: int | None) -> Iterator[None]:
+        """Turn a failed save (this one, or an earlier async one surfacing now) into one CheckpointSaveError."""
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - orbax / tensorstore / OS errors alike
+            # orbax's other write tasks failed the same way; asyncio would log each one's traceback at exit
+            logging.getLogger("asyncio").addFilter(lambda record: "never retrieved" not in record.getMessage())
+            failed = self._saving if self._saving is not None else step
+            self._saving = None
+            kept = [s for s in self.all_steps() if s != failed]
+            raise CheckpointSaveError(
+                f"saving the checkpoint of step {failed} in {self.directory} failed: {_reason(error)}. The earlier "
+                f"checkpoints ({kept or 'none'}) are intact; free disk space (or fix the folder's permissions) and "
+                "run again: it resumes from the latest of them") from None
+
+    def restore_latest(self, abstract_state: Any, iterator: Any, log: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, config) of the newest checkpoint that restores; skipped ones are reported and moved aside
+        to <step>.unreadable; None when there are no checkpoints; `CheckpointRestoreError` when none restores."""
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, config = self.restore(step, abstract_state, iterator)
+            except Exception as error:  # noqa: BLE001 - any damage: try the next older checkpoint
+                failures.append((step, _reason(error)))
+                log(f"warning: the checkpoint of step {step} does not restore ({_reason(error)}); trying the "
+                    "previous one")
+                continue
+            for bad, _ in failures:
+                aside = self.directory / f"{bad}.unreadable"
+                if jax.process_index() == 0 and not aside.exists():
+                    os.rename(self.directory / str(bad), aside)
+                log(f"skipped the unreadable checkpoint of step {bad}: moved aside to {aside} for inspection")
+            if failures:
+                self.manager.reload()
+            return step, state, config
+        if failures:
+            raise CheckpointRestoreError(
+                f"no checkpoint in {self.directory} restores: "
+                + "; ".join(f"step {s}: {reason}" for s, reason in failures)
+                + ". Move the folder away (or use a new --workdir) to start over")
+        return None
 
     def restore(self, step: int, abstract_state: Any, iterator: Any) -> tuple[Any, dict]:
         """The state at `step` (placed as `abstract_state`'s shardings); `iterator` is moved to its saved position."""
@@ -66,11 +141,16 @@ class Checkpointer:
         return restored.state, restored.config
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._failures(None):
+            self.manager.wait_until_finished()
+        self._saving = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            with contextlib.suppress(Exception):  # a failed save was reported by wait()
+                self.manager.close()
 
 
 def abstract_like(tree: Any) -> Any:

@@ -28,6 +28,7 @@ from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
 from customnet_jax.train.adapter_export import export_adapter
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
+from customnet_jax.train.nonfinite import NonFiniteGuard
 from customnet_jax.train.optimizer import lr_schedule, make_optimizer
 from customnet_jax.train.step import abstract_batch, jit_step, make_step_fn
 
@@ -238,9 +239,10 @@ def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Cal
         checkpoints.close()
         raise FileExistsError(f"--no-resume, but {checkpoints.directory} holds checkpoints (latest step {existing}); "
                               "use a new --workdir or remove them to start over")
-    latest = existing
-    if latest is not None:
-        trainer.state, saved_config = checkpoints.restore(latest, abstract_like(trainer.state), iterator)
+    restored = checkpoints.restore_latest(abstract_like(trainer.state), iterator, say) if existing is not None else None
+    latest = None if restored is None else restored[0]
+    if restored is not None:
+        latest, trainer.state, saved_config = restored
         step = latest
         differences = config_differences(saved_config, to_dict(config))
         say(f"resumed from the checkpoint of step {latest}"
@@ -249,7 +251,9 @@ def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Cal
     metrics_out = MetricsWriter(workdir, main)
     schedule = lr_schedule(train_cfg)
     preemption = PreemptionFlag()
+    guard = NonFiniteGuard(train_cfg.nonfinite_policy, train_cfg.nonfinite_patience)
     losses: list[float] = []
+    pending: list = []
     stopped, saved_step = "done", latest
     try:
         if step >= train_cfg.num_steps:
@@ -262,7 +266,7 @@ def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Cal
             peak = peak_flops(jax.devices()[0].device_kind)
             say(f"compiled the train step in {time.time() - started:.1f} s"
                 + (f"; {flops / 1e9:.3g} GFLOP per device per step" if flops else ""))
-            pending, window_start, window_steps = [], time.time(), 0
+            window_start, window_steps = time.time(), 0
             while step < train_cfg.num_steps:
                 if batch is None:
                     batch = next(iterator)
@@ -284,8 +288,11 @@ def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Cal
                     losses.extend(float(v["loss"]) for v in values)
                     say(_format_progress(record, train_cfg.num_steps))
                     metrics_out.write(record)
+                    guard.observe(step, values, say)  # raises when the non-finite policy says stop
                     pending, window_start, window_steps = [], time.time(), 0
-                if checkpoints.save(step, trainer.state, iterator, config):
+                if step % train_cfg.checkpoint_every == 0:  # the save reads the state anyway: read the flags too
+                    guard.observe(step, jax.device_get(pending), say)
+                if guard.safe_to_save() and checkpoints.save(step, trainer.state, iterator, config):
                     saved_step = step
                     say(f"checkpoint of step {step} started")
                 if train_cfg.sample_every and step % train_cfg.sample_every == 0:
@@ -295,6 +302,7 @@ def _train(config: Config, workdir: pathlib.Path, main: bool, make_iterator: Cal
                 if preemption.should_stop():
                     stopped = "preempted"
                     break
+        guard.finish(step, jax.device_get(pending), say)  # a bad streak at the end: no save, and stop says so
         if saved_step != step:
             checkpoints.save(step, trainer.state, iterator, config, force=True)
             say(f"checkpoint of step {step} started ({stopped})")

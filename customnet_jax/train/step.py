@@ -35,6 +35,7 @@ from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training
 from customnet_jax.experiment import Config
 from customnet_jax.models import layers
 from customnet_jax.train import sharding as shd
+from customnet_jax.train.nonfinite import guard_update
 from customnet_jax.train.optimizer import ema_update
 
 
@@ -131,7 +132,8 @@ def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTrans
         new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
         if "ema" in state:
             new_state["ema"] = ema_update(state["ema"], new_params, train.ema_decay)
-        return new_state, {"loss": loss, "grad_norm": grad_norm}
+        new_state, finite = guard_update(state, new_state, loss, grad_norm)  # a non-finite step changes nothing
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     def under_mesh(state: dict, frozen: dict, batch: dict) -> tuple[dict, dict]:
         with layers.under_mesh(mesh):  # for attention kernels that run per device (models/pallas_attention.py)
@@ -143,7 +145,7 @@ def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTrans
 def jit_step(step_fn: Callable, state_shardings: Any, frozen_shardings: Any, batch_shardings: Any,
              mesh: Mesh) -> Callable:
     """jax.jit with explicit shardings; the old state is donated."""
-    metrics = {"loss": shd.replicated(mesh), "grad_norm": shd.replicated(mesh)}
+    metrics = {"loss": shd.replicated(mesh), "grad_norm": shd.replicated(mesh), "finite": shd.replicated(mesh)}
     return jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
                    out_shardings=(state_shardings, metrics), donate_argnums=(0,))
 
