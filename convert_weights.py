@@ -8,6 +8,10 @@
       [--background] --output models/customnet_init
   python convert_weights.py --input models/customnet_v1 --to-pytorch --output exported/customnet_v1
       # -> exported/customnet_v1.safetensors and exported/customnet_v1.pt
+  # LoRA adapters (train.py --config configs/lora.py): merged into a model folder, or exported in PEFT's layout
+  python convert_weights.py --input customnet_jax/assets/demo_model --merge-lora runs/lora/adapter.safetensors:0.8 \
+      --output models/demo_palette
+  python convert_weights.py --input runs/lora/adapter.safetensors --to-peft --output exported/palette_peft
 
 Checkpoints are read without executing any pickle code, tensor by tensor (peak memory ~ one model copy).
 """
@@ -54,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--background", action="store_true", help="widen conv_in 8 -> 12 with zeros (composition model)")
     p.add_argument("--to-pytorch", action="store_true", help="export a model folder to CustomNet-layout "
                    "<output>.safetensors and <output>.pt")
+    p.add_argument("--merge-lora", action="append", default=[], metavar="FILE[:SCALE]",
+                   help="merge LoRA adapter file(s) into the model folder --input, writing the folder --output")
+    p.add_argument("--to-peft", action="store_true", help="export the LoRA adapter file --input as a PEFT adapter "
+                   "folder --output (adapter_config.json + adapter_model.safetensors, PyTorch CustomNet names)")
     p.add_argument("--config", metavar="FILE", help="model config (configs/*.py or JSON) instead of the format's "
                    "full-size config sized from the checkpoint; needed for models whose attention heads / GroupNorm "
                    "groups differ from SD-1.x's")
@@ -69,6 +77,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.merge_lora or args.to_peft:  # LoRA steps: customnet_jax/convert/lora_export.py
+            from customnet_jax.convert.lora_export import export_peft, merge_into_folder
+
+            if args.to_peft:
+                export_peft(args.input, args.output, overwrite=args.overwrite)
+            else:
+                merge_into_folder(args.input, args.merge_lora, args.output, overwrite=args.overwrite)
+            return 0
         if args.to_pytorch:
             from customnet_jax.convert.exporters import export_pytorch
 

@@ -18,8 +18,8 @@ Four choices differ from the paper's 256 px recipe, each for a measured reason (
   what is visible; imagining a hidden side is what the released models learnt from 250k objects), and half of the
   target views turn at most 20 degrees from it, where the picture is nearly the object as given: a signal that
   ties the azimuth to what the model sees. It is measured on the "demo" world, whose target views are uniform.
-- train.cc_projection_lr_multiplier = 10: the view columns of cc_projection start at zero (Zero-1-to-3's init)
-  and move too slowly at the UNet's learning rate for a run this short.
+- train.lr_multipliers: cc_projection at 10x (the text K/V at the UNet's rate): the view columns of cc_projection
+  start at zero (Zero-1-to-3's init) and move too slowly at the UNet's learning rate for a run this short.
 """
 
 import dataclasses
@@ -39,7 +39,7 @@ def get_config() -> Config:
                         image_size=64, synthetic_seed=0, synthetic_world="demo_close"),
         train=dataclasses.replace(
             TrainConfig(), batch_size=32, num_steps=5_400, learning_rate=4e-4, warmup_steps=300, cooldown_steps=1_000,
-            grad_clip_norm=1.0, weight_decay=0.0, text_kv_lr_multiplier=1.0, cc_projection_lr_multiplier=10.0,
+            grad_clip_norm=1.0, weight_decay=0.0, lr_multipliers=((r"^cc_projection/", 10.0), (r".*", 1.0)),
             ema_decay=0.995, object_loss_weight=5.0,
             init_from=f"{WORKDIR}/init", log_every=100, checkpoint_every=250, keep_checkpoints=2, seed=0),
     )

@@ -1,4 +1,5 @@
-"""One experiment = one config file in configs/ returning `Config`: model, diffusion, data, training, mesh."""
+"""One experiment = one config file in configs/ returning `Config`: model, diffusion, data, training, mesh, init,
+LoRA."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Literal
 
 from customnet_jax.diffusion.schedule import DiffusionConfig
 from customnet_jax.models.customnet import CustomNetConfig
+from customnet_jax.models.init import ModelInit
+from customnet_jax.models.lora import LoraConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +31,10 @@ class DataConfig:
     random_examples: int = 64  # how many examples the "random_*" sources draw
 
 
+TRAINABLE = ((r"^(unet|cc_projection)/", True), (r".*", False))
+LR_MULTIPLIERS = ((r"/to_[kv]_text/", 10.0), (r".*", 1.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The paper's optimisation (docs/model.md §8) and the condition dropout of docs/model.md §7."""
@@ -35,8 +42,11 @@ class TrainConfig:
     batch_size: int = 96
     num_steps: int = 500_000
     learning_rate: float = 2e-6
-    text_kv_lr_multiplier: float = 10.0
-    cc_projection_lr_multiplier: float = 1.0  # not in the paper: the demo's view columns start at 0 and move slowly
+    # What trains and at what rate: ordered (regex, value) rules over "/"-joined parameter paths, first match wins
+    # (customnet_jax.models.param_rules). Untrained parameters are frozen: not in the optimizer state.
+    trainable: tuple[tuple[str, bool], ...] = TRAINABLE
+    # multiples of the learning rate (the default: the original recipe trains the new text K/V at 10x)
+    lr_multipliers: tuple[tuple[str, float], ...] = LR_MULTIPLIERS
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
@@ -83,3 +93,5 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    init: ModelInit = ModelInit()  # how fresh parameters start: (regex, initialiser) rules
+    lora: LoraConfig = LoraConfig()  # rank > 0: low-rank adapters on the UNet (configs/lora.py, docs/lora.md)

@@ -258,8 +258,8 @@ def test_adamw_with_text_kv_group_matches_torch():
 
 
 def test_cc_projection_lr_multiplier_scales_only_cc_projection():
-    """train.cc_projection_lr_multiplier: cc_projection's AdamW steps are that many times the others' (same Adam
-    state), the text K/V keep their own multiplier."""
+    """train.lr_multipliers with a cc_projection rule: cc_projection's AdamW steps are that many times the others'
+    (same Adam state), the text K/V keep their own multiplier."""
     params = {"cc_projection": {"kernel": jnp.ones((3, 2))}, "attn": {"to_k_text": {"kernel": jnp.ones((2, 2))},
                                                                       "to_q": {"kernel": jnp.ones((2, 2))}}}
     grads = jax.tree.map(lambda x: 0.5 * jnp.ones_like(x), params)
@@ -272,9 +272,9 @@ def test_cc_projection_lr_multiplier_scales_only_cc_projection():
                 {"cc": updates["cc_projection"]["kernel"], "text": updates["attn"]["to_k_text"]["kernel"],
                  "q": updates["attn"]["to_q"]["kernel"]}.items()}
 
-    plain = first_step(text_kv_lr_multiplier=1.0)
+    plain = first_step(lr_multipliers=((".*", 1.0),))
     assert plain["cc"] == pytest.approx(plain["q"]) == pytest.approx(plain["text"])
-    both = first_step(text_kv_lr_multiplier=10.0, cc_projection_lr_multiplier=3.0)
+    both = first_step(lr_multipliers=(("^cc_projection/", 3.0), ("/to_[kv]_text/", 10.0), (".*", 1.0)))
     assert both["cc"] == pytest.approx(3 * plain["q"]) and both["text"] == pytest.approx(10 * plain["q"])
     assert both["q"] == pytest.approx(plain["q"])
 

@@ -16,8 +16,8 @@ import functools
 import hashlib
 import json
 import pathlib
+import re
 import types
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +41,8 @@ from customnet_jax.models.build import abstract_model
 from customnet_jax.models.clip import CLIPTextConfig, CLIPTextEncoder
 from customnet_jax.models.conv_in import CONV_IN, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
+from customnet_jax.models.init import initial_values
+from customnet_jax.models.param_rules import path_name
 from customnet_jax.models.params import param_shapes
 from customnet_jax.models.unet import UNetConfig
 from customnet_jax.text import ASSETS as DEFAULT_TOKENIZER
@@ -49,7 +51,8 @@ from customnet_jax.weights.customnet_names import IGNORED, customnet_rules
 from customnet_jax.weights.rules import CheckpointMismatchError, Path, import_tensors, prefixed
 
 EXTRA_TENSORS = "extra_tensors.safetensors"  # source tensors the model does not use, kept for a faithful export
-TEXT_KV_INITS = ("random", "zeros")
+TEXT_KV_INITS = {"random": "torch_uniform", "zeros": "zeros"}  # --text-kv-init -> init rule
+TEXT_KV_KERNEL = re.compile(r"/to_[kv]_text/kernel$")
 Log = Callable[[str], None]
 
 
@@ -119,21 +122,13 @@ def read_params(tensors: Mapping[str, LazyTensor], config: CustomNetConfig, igno
 
 def text_kv_params(shapes: Mapping[Path, tuple[int, ...]], params: Mapping[Path, Any], init: str,
                    seed: int) -> dict[Path, np.ndarray]:
-    """The text K/V kernels that `shapes` has and `params` lacks: zeros (the model then predicts exactly as
-    Zero-1-to-3) or, as the original, PyTorch's nn.Linear init U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """The text K/V kernels that `shapes` has and `params` lacks, by one init rule: zeros (the model then predicts
+    exactly as Zero-1-to-3) or, as the original, PyTorch's nn.Linear init U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     if init not in TEXT_KV_INITS:
-        raise ValueError(f"text K/V init {init!r}: use one of {TEXT_KV_INITS}")
-    new = {}
-    for path, shape in shapes.items():
-        if path in params or path[-2] not in ("to_k_text", "to_v_text"):
-            continue
-        if init == "zeros":
-            new[path] = np.zeros(shape, np.float32)
-        else:
-            rng = np.random.default_rng([seed, zlib.crc32("/".join(map(str, path)).encode())])
-            bound = 1.0 / np.sqrt(shape[0])  # kernel (in, out): fan_in = context width
-            new[path] = rng.uniform(-bound, bound, shape).astype(np.float32)
-    return new
+        raise ValueError(f"text K/V init {init!r}: use one of {tuple(TEXT_KV_INITS)}")
+    missing = {path: shape for path, shape in shapes.items()
+               if path not in params and TEXT_KV_KERNEL.search(path_name(path))}
+    return initial_values(missing, seed, ((TEXT_KV_KERNEL.pattern, TEXT_KV_INITS[init]),), "text K/V init")
 
 
 def text_encoder_params(source: Source, config: CLIPTextConfig, progress: bool) -> dict[Path, np.ndarray]:
@@ -208,7 +203,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
     prediction_type: what the UNet predicts, for files that do not record it (`convert.schedules`).
     """
     if text_kv_init not in TEXT_KV_INITS:
-        raise ValueError(f"--text-kv-init {text_kv_init!r}: use one of {TEXT_KV_INITS}")
+        raise ValueError(f"--text-kv-init {text_kv_init!r}: use one of {tuple(TEXT_KV_INITS)}")
     input, output = pathlib.Path(input), pathlib.Path(output)
     check_replaceable(output.absolute(), overwrite)
     clean_leftovers(output.absolute(), log)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from customnet_jax import matting
+from customnet_jax.adapters import adapt_pipeline, add_lora_flags, read_specs
 from customnet_jax.conditioning.images import to_float
 from customnet_jax.model_folder import read_folder
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="sample", help="file name prefix")
     p.add_argument("--no-progress", action="store_true")
     add_sampling_arguments(p)
+    add_lora_flags(p)
     return p
 
 
@@ -115,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
     enable_compilation_cache()
+    try:
+        adapters = read_specs(args.lora)  # before the model is loaded: a bad file or scale fails fast
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
     cutout = None  # the object cut out of the user's picture, before any model is loaded
     if args.object is not None:
         try:
@@ -139,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
+    try:  # LoRA adapters (customnet_jax/adapters.py), checked against the model before anything compiles
+        pipeline = adapt_pipeline(pipeline, adapters, merge=not args.lora_apart)
+    except ValueError as error:
+        print(f"sample.py: error: {error}", file=sys.stderr)
+        return 2
+    label += "".join(f" + LoRA {a.path}:{a.scale:g}" for a in adapters)
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
     object_image = condition_object(example) if built_in else args.object

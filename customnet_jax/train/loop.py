@@ -31,6 +31,7 @@ from customnet_jax.models.build import model_with_params
 from customnet_jax.text import load_tokenizer, tokenize
 from customnet_jax.train import sharding as shd
 from customnet_jax.train import state as st
+from customnet_jax.train.adapter_export import export_adapter
 from customnet_jax.train.checkpoint import Checkpointer, PreemptionFlag, WorkdirLock, abstract_like, config_differences
 from customnet_jax.train.hooks import Hook, StepInfo, due
 from customnet_jax.train.nonfinite import NonFiniteGuard
@@ -143,7 +144,7 @@ class Trainer:
         params = self.full_params()
         if jax.process_index() != 0:
             return None
-        builder = st.model_builder(self.config.model, self.config.train.compute_dtype)
+        builder = st.model_builder(self.config.model, self.config.train.compute_dtype, lora=self.config.lora)
         return model_with_params(builder, traverse_util.flatten_dict(params))
 
 
@@ -161,9 +162,11 @@ def setup(config: Config, *, devices: list | None = None, log: Callable[[str], N
     mesh = shd.make_mesh(config.mesh, devices)
     graphdef, shapes = st.graphdef_and_shapes(config)
     folder = config.train.init_from
+    for mismatch in st.init_folder_mismatches(config, folder) if folder else []:
+        log(f"warning: train.init_from: {mismatch}; set it as the folder has it unless this is meant")
     flat, report = st.initial_params(config, shapes, folder_params=st.read_init_folder(folder) if folder else None,
                                      source=folder or "random")
-    trainable, frozen_params = st.split_params(flat)
+    trainable, frozen_params = st.split_params(flat, config.train.trainable)
     log(f"parameters: {report.summary()}; trained {_count(trainable):,}, frozen {_count(frozen_params):,}")
     frozen = {"params": frozen_params}
     if not config.model.is_zero123:
@@ -231,7 +234,9 @@ def train(config: Config, workdir: str | pathlib.Path, *, make_iterator: Callabl
             config, process_index=jax.process_index(), process_count=jax.process_count(),
             batch_size_per_host=train_cfg.batch_size // jax.process_count())
         step, stopped, losses = Run(trainer, iterator, workdir, main, say, tuple(hooks)).run(resume)
-        if stopped == "done" and train_cfg.export_model:
+        if stopped == "done" and train_cfg.export_model and config.lora.enabled:  # LoRA: the adapters alone
+            export_adapter(trainer, workdir / "adapter.safetensors", step, say)
+        elif stopped == "done" and train_cfg.export_model:
             export_model(trainer, workdir / "model", step, say)
     return {"step": step, "stopped": stopped, "losses": losses}
 

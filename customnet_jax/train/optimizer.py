@@ -1,7 +1,7 @@
-"""AdamW as the original (torch defaults, docs/model.md §8), the text K/V at 10x lr (and optionally cc_projection at a
-multiple), warm-up, clipping, and the EMA update.
+"""AdamW as the original (torch defaults), learning-rate multiples by rules (train.lr_multipliers: the text K/V at
+10x by default, as the original), warm-up, clipping, and the EMA update.
 
-The 10x group is a per-leaf scale applied after AdamW: torch's AdamW step for a group with lr' = 10 lr is
+A multiple is a per-leaf scale applied after AdamW: torch's AdamW step for a group with lr' = 10 lr is
 -lr' (adam + wd p) = 10 x (-lr (adam + wd p)), so one AdamW state covers both groups exactly.
 Gradient accumulation is done in the step (a scan over micro-batches, step.py), not here: one optimizer
 update per global batch, whatever the accumulation.
@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from customnet_jax.experiment import TrainConfig
-
-TEXT_KV = ("to_k_text", "to_v_text")
+from customnet_jax.models.param_rules import is_number, map_tree
 
 
 def lr_schedule(train: TrainConfig) -> optax.Schedule:
@@ -34,21 +33,10 @@ def lr_schedule(train: TrainConfig) -> optax.Schedule:
     return optax.join_schedules(pieces, boundaries) if boundaries else pieces[0]
 
 
-def _names(keypath: tuple) -> set:
-    return {getattr(k, "key", None) for k in keypath}
-
-
-def lr_multipliers(params: Any, text_kv_multiplier: float, cc_projection_multiplier: float = 1.0) -> Any:
-    """A tree like `params`: `text_kv_multiplier` on the text K/V kernels, `cc_projection_multiplier` on
-    cc_projection (the object token's CLIP-embedding + view mixing), 1 elsewhere."""
-
-    def multiplier(path, _):
-        names = _names(path)
-        if names & set(TEXT_KV):
-            return text_kv_multiplier
-        return cc_projection_multiplier if "cc_projection" in names else 1.0
-
-    return jax.tree_util.tree_map_with_path(multiplier, params)
+def lr_multipliers(params: Any, rules: Any) -> Any:
+    """A tree like `params` (nested dicts) holding each leaf's learning-rate multiple: the first of the
+    (regex, multiple) `rules` (train.lr_multipliers) that matches its "/"-joined path."""
+    return map_tree(rules, params, "train.lr_multipliers", is_number, "a number")
 
 
 class _Empty(NamedTuple):
@@ -70,15 +58,15 @@ def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
 
 
 def make_optimizer(train: TrainConfig, params: Any) -> optax.GradientTransformation:
-    """[clip by global norm] -> AdamW(lr schedule, betas, eps, decoupled weight decay) -> text K/V x multiplier."""
+    """[clip by global norm] -> AdamW(lr schedule, betas, eps, decoupled weight decay) -> x lr multiples (rules).
+
+    `params` is the trainable tree only (train.trainable): frozen parameters have no optimizer state."""
     parts = []
     if train.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(train.grad_clip_norm))
     parts.append(optax.adamw(lr_schedule(train), b1=train.adam_b1, b2=train.adam_b2, eps=train.adam_eps,
                              weight_decay=train.weight_decay))
-    if train.text_kv_lr_multiplier != 1.0 or train.cc_projection_lr_multiplier != 1.0:
-        parts.append(scale_by_tree(lr_multipliers(params, train.text_kv_lr_multiplier,
-                                                  train.cc_projection_lr_multiplier)))
+    parts.append(scale_by_tree(lr_multipliers(params, train.lr_multipliers)))  # a no-op on leaves at 1
     return optax.chain(*parts)
 
 

@@ -1,8 +1,8 @@
 """The train state: a plain pytree of dicts, so that jit shardings, donation and orbax need nothing special.
 
-    state  = {"params": trainable (UNet + cc_projection), "opt_state": optax state, "step": int32 (),
-              "rng": uint32 (2,) base key, ["ema": EMA of params]}          updated by every step, checkpointed
-    frozen = {"params": VAE + CLIP image (+ CLIP text) encoders, ["null_text": (1, 77, D) embedding of ""]}
+    state  = {"params": trainable (train.trainable: UNet + cc_projection by default), "opt_state": optax state,
+              "step": int32 (), "rng": uint32 (2,) base key, ["ema": EMA of params]}  updated every step, checkpointed
+    frozen = {"params": the rest (VAE, CLIP encoders; a LoRA's base), ["null_text": (1, 77, D) embedding of ""]}
              rebuilt at start (from `init_from` or the seed), never updated, not checkpointed
 
 The model structure is an `nnx.GraphDef`; `nnx.merge(graphdef, state["params"], frozen["params"])` gives the
@@ -21,42 +21,51 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from customnet_jax.experiment import Config
-from customnet_jax.model_folder import load_model, param_tree
+from customnet_jax.experiment import TRAINABLE, Config
+from customnet_jax.model_folder import load_model, param_tree, read_folder
 from customnet_jax.models.build import abstract_model
 from customnet_jax.models.conv_in import CONV_IN, can_widen, widen_conv_in
 from customnet_jax.models.customnet import CustomNet, CustomNetConfig
 from customnet_jax.models.init import initial_params as random_params
+from customnet_jax.models.lora import LoraConfig, adapt
+from customnet_jax.models.param_rules import compile_rules, first_match, is_bool
 
-TRAINABLE = ("unet", "cc_projection")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def model_builder(model: CustomNetConfig, compute_dtype: str = "float32", remat: bool | str = False,
-                  attention: str | None = None) -> Callable:
+                  attention: str | None = None, lora: LoraConfig | None = None) -> Callable:
+    """The model's constructor (with low-rank adapters when `lora.rank` > 0), for `abstract_model`."""
     dtype = COMPUTE_DTYPES[compute_dtype]
-    return lambda: CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat, attention=attention)
+    return lambda: adapt(CustomNet(model, rngs=nnx.Rngs(0), dtype=dtype, remat=remat, attention=attention),
+                         lora or LoraConfig())
 
 
-def is_trainable(path: tuple, value: Any = None) -> bool:
+def is_trainable(path: tuple, value: Any = None, rules: Any = TRAINABLE) -> bool:
+    """Whether `path` trains under the (regex, bool) `rules` (train.trainable); first match wins."""
     del value
-    return path[0] in TRAINABLE
+    return first_match(compile_rules(rules, "train.trainable", is_bool, "True or False"), path, "train.trainable")
 
 
 def graphdef_and_shapes(config: Config) -> tuple[nnx.GraphDef, dict]:
     """The model structure (compute dtype and remat of `config.train`) and every parameter's shape, flat."""
     train = config.train
     remat = train.remat and train.remat_policy
-    model = abstract_model(model_builder(config.model, train.compute_dtype, remat, train.attention or None))
+    model = abstract_model(model_builder(config.model, train.compute_dtype, remat, train.attention or None,
+                                         config.lora))
     graphdef, state = nnx.split(model)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return graphdef, {path: tuple(x.shape) for path, x in flat.items()}
 
 
-def split_params(flat: dict) -> tuple[dict, dict]:
-    """Flat path -> array  ->  (trainable nested dict, frozen nested dict)."""
-    trainable = {p: v for p, v in flat.items() if is_trainable(p)}
-    frozen = {p: v for p, v in flat.items() if not is_trainable(p)}
+def split_params(flat: dict, rules: Any = TRAINABLE) -> tuple[dict, dict]:
+    """Flat path -> array  ->  (trainable nested dict, frozen nested dict), by the (regex, bool) `rules`."""
+    compiled = compile_rules(rules, "train.trainable", is_bool, "True or False")
+    trains = {p: first_match(compiled, p, "train.trainable") for p in flat}
+    if not any(trains.values()):
+        raise ValueError("train.trainable: no parameter trains; the rules select none of the model's parameters")
+    trainable = {p: v for p, v in flat.items() if trains[p]}
+    frozen = {p: v for p, v in flat.items() if not trains[p]}
     return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
 
 
@@ -98,8 +107,10 @@ def initial_params(config: Config, shapes: dict, *, folder_params: dict | None =
     """Flat path -> numpy float32 for every parameter of `shapes`: from `folder_params` where present (conv_in
     widened with zeros if the model has more input channels), fresh random draws (seed) for the rest."""
     if folder_params is None:
-        return random_params(shapes, config.train.seed), InitReport("random", fresh=sorted(shapes, key=str))
-    fresh_values = random_params({p: s for p, s in shapes.items() if p not in folder_params}, config.train.seed)
+        report = InitReport("random", fresh=sorted(shapes, key=str))
+        return random_params(shapes, config.train.seed, config.init), report
+    fresh_values = random_params({p: s for p, s in shapes.items() if p not in folder_params}, config.train.seed,
+                                 config.init)
     out, report = {}, InitReport(source)
     for path, shape in shapes.items():
         value = folder_params.get(path)
@@ -118,6 +129,16 @@ def initial_params(config: Config, shapes: dict, *, folder_params: dict | None =
                              "config.model (only the UNet input channels may grow, e.g. 8 -> 12)")
     report.ignored.extend(sorted(set(folder_params) - set(shapes), key=str))
     return out, report
+
+
+def init_folder_mismatches(config: Config, path: str | pathlib.Path) -> list[str]:
+    """Settings of the init_from folder that the run's config contradicts without a shape to show it (a latent
+    scale or a schedule trained for another VAE / objective): each one silently mis-trains the model."""
+    folder = read_folder(path)
+    checks = {"model.latent_scale": (folder.model.latent_scale, config.model.latent_scale),
+              "diffusion.prediction_type": (folder.diffusion.prediction_type, config.diffusion.prediction_type),
+              "diffusion.zero_terminal_snr": (folder.diffusion.zero_terminal_snr, config.diffusion.zero_terminal_snr)}
+    return [f"{key} is {ours} here but {theirs} in {path}" for key, (theirs, ours) in checks.items() if theirs != ours]
 
 
 def read_init_folder(path: str | pathlib.Path) -> dict:

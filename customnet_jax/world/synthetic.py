@@ -62,7 +62,10 @@ class World:
 # learnt that from 250k objects), only to turn what it sees; the demo's measures use it. "demo_close", what the
 # built-in demo trains on: the same with half of the target views near the condition view (ties azimuth to picture).
 WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0),
-          "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5)}
+          "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5),
+          # a product line in one brand palette (the LoRA example, configs/lora.py): every object purple, cyan, orange
+          "palette": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5,
+                           colors=("purple", "cyan", "orange"))}
 
 
 def named_world(name: str, **changes) -> World:
