@@ -24,6 +24,7 @@ from customnet_jax.aot import programs as build
 from customnet_jax.aot.report import as_record, format_figures, read_figures
 from customnet_jax.aot.targets import parse_target
 from customnet_jax.config_files import load_config, override
+from customnet_jax.diffusion import samplers
 from customnet_jax.train import sharding as shd
 from customnet_jax.train.loop import step_flops
 
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field (repeatable), e.g. --set mesh.fsdp=4")
     parser.add_argument("--programs", default="train", help=f"comma-separated, of {', '.join(PROGRAMS)}")
     parser.add_argument("--sample-batches", default="1", help="pictures per sampling program, e.g. 1,8,32")
-    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the sampling program")
+    parser.add_argument("--sample-steps", type=int, default=50, help="steps of the sampling program")
+    parser.add_argument("--sampler", choices=samplers.names(), default="ddim",
+                        help="the sampling program's sampler (its default options)")
     parser.add_argument("--encoder-batch", type=int, default=16, help="examples per precompute-encoder call")
     parser.add_argument("--json", help="write every program's figures here")
     return parser
@@ -109,9 +112,9 @@ def run(args: argparse.Namespace) -> int:
         report(figures)
     chip = build.one_chip(devices[0])
     for count in batches if "sample" in programs else []:
-        whole, step = build.lower_sampling(config, chip, count, args.sample_steps)
-        report(read_figures(_compile(whole, f"sampling x{count}"), f"sampling program ({args.sample_steps} DDIM "
-                            "steps, guidance batched)", target, 1, per_chip, count))
+        whole, step = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
+        title = f"sampling program ({args.sample_steps} {args.sampler} steps, guidance batched)"
+        report(read_figures(_compile(whole, f"sampling x{count}"), title, target, 1, per_chip, count))
         report(read_figures(_compile(step, f"sampling step x{count}"), "one guided UNet step (cond + uncond)",
                             target, 1, per_chip, count))
     if "encoders" in programs:

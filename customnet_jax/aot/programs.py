@@ -19,8 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from customnet_jax.data.precomputed import make_encoder
-from customnet_jax.diffusion.samplers import ddim
-from customnet_jax.diffusion.schedule import alphas_cumprod
+from customnet_jax.diffusion import samplers
 from customnet_jax.models import layers
 from customnet_jax.models.build import abstract_model
 from customnet_jax.sampling.pipeline import Pipeline
@@ -88,23 +87,22 @@ def _placed(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding), tree)
 
 
-def lower_sampling(config: Any, mesh: Mesh, num_samples: int, steps: int) -> tuple[Any, Any]:
+def lower_sampling(config: Any, mesh: Mesh, num_samples: int, steps: int,
+                   sampler: str = "ddim") -> tuple[Any, Any]:
     """(the whole sampling program, one guided UNet step) for `num_samples` pictures of one view, guidance on."""
     pipeline = _abstract_pipeline(config)
     c = pipeline.config
     r, h = c.resolution, c.latent_size
-    diffusion = config.diffusion
-    plan = ddim.ddim_schedule(alphas_cumprod(diffusion), steps, 0.0, "trailing", diffusion.prediction_type)
+    _, plan, _ = samplers.make_schedule(sampler, config.diffusion, steps)  # the sampler's default options
     f32 = jnp.float32
     image = jax.ShapeDtypeStruct((1, r, r, 3), f32)
     args = (pipeline.state, image, image, image, jax.ShapeDtypeStruct((1, 4), f32),
             jax.ShapeDtypeStruct((2, 1 if c.is_zero123 else c.text_encoder.max_length), jnp.int32),
             jax.ShapeDtypeStruct((num_samples, h, h, c.latent_channels), f32),
-            jax.eval_shape(lambda: jax.random.key(0)),
-            None, jax.ShapeDtypeStruct((3,), f32), *(np.asarray(a) for a in (plan.timesteps, plan.alphas,
-                                                                             plan.alphas_prev, plan.sigmas)))
+            jax.eval_shape(lambda: jax.random.key(0)), None, jax.ShapeDtypeStruct((3,), f32), plan)
     with layers.under_mesh(mesh):
-        whole = pipeline._generate.lower(*_placed(args, mesh), guidance_terms=("all",), progress=False)
+        whole = pipeline._generate.lower(*_placed(args, mesh), sampler_name=sampler, guidance_terms=("all",),
+                                         progress=False)
         graphdef = pipeline.graphdef
         tokens = c.unet.object_tokens + (0 if c.is_zero123 else c.text_encoder.max_length)
         x = jax.ShapeDtypeStruct((2 * num_samples, h, h, c.latent_channels), f32)
