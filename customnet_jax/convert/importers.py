@@ -185,6 +185,28 @@ def _check_tokenizer(folder: pathlib.Path, config: CLIPTextConfig) -> None:
                          f"{config.vocab_size}")
 
 
+def _with_text_encoder(target: CustomNetConfig, text_source: Any, config: CustomNetConfig | None,
+                       text_encoder: str | pathlib.Path) -> CustomNetConfig:
+    """The target config with the CLIP text encoder of `text_source` (its sizes read from its weights)."""
+    text_base = dataclasses.replace((config.text_encoder if config else None) or CLIPTextConfig(),
+                                    **text_source.hints.get("text_encoder", {}))
+    try:
+        text_config = text_from_shapes({k: t.shape for k, t in text_source.tensors.items()}, text_base)
+    except KeyError as error:
+        raise CheckpointFormatError(f"{text_encoder}: CLIP text weights lack {error.args[0]}") from error
+    return dataclasses.replace(target, unet=dataclasses.replace(target.unet, text_context=True),
+                               text_encoder=text_config)
+
+
+def _describe(input: pathlib.Path, source: Any, ema: bool, log: Log) -> None:
+    log(f"{input}: {source.format} checkpoint, {len(source.tensors)} tensors"
+        + (" (EMA UNet weights)" if ema else "") + f", read with {source.info.get('reader')}")
+    if source.info.get("ema_available"):
+        log("note: this file also holds EMA weights (model_ema.*); --ema uses them (zero123's demo does)")
+    if source.info.get("objects_not_loaded"):
+        log(f"note: objects outside the weights were not loaded: {source.info['objects_not_loaded'][:5]}")
+
+
 def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *, format: str = "auto",
                        ema: bool = False, text_encoder: str | pathlib.Path | None = None,
                        tokenizer: str | pathlib.Path | None = None, text_kv_init: str = "random",
@@ -212,12 +234,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
         if source.format == "clip-text":
             raise CheckpointFormatError(f"{input} is a CLIP text encoder alone, not a whole model: pass it as "
                                         "--text-encoder together with a zero123 --input")
-        log(f"{input}: {source.format} checkpoint, {len(source.tensors)} tensors"
-            + (" (EMA UNet weights)" if ema else "") + f", read with {source.info.get('reader')}")
-        if source.info.get("ema_available"):
-            log("note: this file also holds EMA weights (model_ema.*); --ema uses them (zero123's demo does)")
-        if source.info.get("objects_not_loaded"):
-            log(f"note: objects outside the weights were not loaded: {source.info['objects_not_loaded'][:5]}")
+        _describe(input, source, ema, log)
         is_customnet = source.format == "customnet"
         base = config if config is not None else apply_hints(default_config(source.format), source.hints)
         source_config = infer_config(source.tensors, base, text=is_customnet, fit_sizes=config is None)
@@ -229,14 +246,7 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
             if is_customnet:
                 raise ValueError("--text-encoder is for zero123 inputs: this CustomNet checkpoint has its own")
             text_source = stack.enter_context(open_clip_text(text_encoder))
-            text_base = dataclasses.replace((config.text_encoder if config else None) or CLIPTextConfig(),
-                                            **text_source.hints.get("text_encoder", {}))
-            try:
-                text_config = text_from_shapes({k: t.shape for k, t in text_source.tensors.items()}, text_base)
-            except KeyError as error:
-                raise CheckpointFormatError(f"{text_encoder}: CLIP text weights lack {error.args[0]}") from error
-            target = dataclasses.replace(target, unet=dataclasses.replace(target.unet, text_context=True),
-                                         text_encoder=text_config)
+            target = _with_text_encoder(target, text_source, config, text_encoder)
         elif not is_customnet and text_kv_init != "random":
             log("note: --text-kv-init only matters with --text-encoder (zero123 -> CustomNet)")
         if background:
@@ -270,22 +280,30 @@ def convert_checkpoint(input: str | pathlib.Path, output: str | pathlib.Path, *,
 
         used = {r.torch_key for r in customnet_rules(source_config)}
         extras = {k: t for k, t in source.tensors.items() if k not in used and not k.startswith(EMA_PREFIX)}
-        provenance = {
-            "source": {**(_file_record(input, progress) if input.is_file() else
-                          {"folder": str(input.resolve()),
-                           "files": [_file_record(f, progress) for f in source.files]}),
-                       "format": source.format, "ema": ema,
-                       **{k: v for k, v in source.info.items() if k not in ("ema", "ema_available")}},
-            "text_encoder": text_record,
-            "tokenizer": str(tokenizer_folder) if tokenizer_folder else None,
-            "initialisation": provenance_init or None,
-            "config_from": "--config" if config is not None else "checkpoint shapes + full-size defaults",
-            "converter": {"tool": "convert_weights.py", "customnet_jax": customnet_jax.__version__,
-                          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
-            "extra_tensors": len(extras),
-        }
+        provenance = _provenance(input, source, ema, text_record, tokenizer_folder, provenance_init,
+                                 config is not None, len(extras), progress)
         return _write_folder(output, params, target, diffusion, provenance, tokenizer_folder, extras,
                              list(source.tensors), overwrite, log)
+
+
+def _provenance(input: pathlib.Path, source: Any, ema: bool, text_record: dict | None,
+                tokenizer_folder: pathlib.Path | None, initialisation: dict, config_given: bool, extra_tensors: int,
+                progress: bool) -> dict[str, Any]:
+    """Where a converted model folder came from: the source files and their hashes, the initialisation of what
+    the source lacked, the converter."""
+    files = (_file_record(input, progress) if input.is_file() else
+             {"folder": str(input.resolve()), "files": [_file_record(f, progress) for f in source.files]})
+    return {
+        "source": {**files, "format": source.format, "ema": ema,
+                   **{k: v for k, v in source.info.items() if k not in ("ema", "ema_available")}},
+        "text_encoder": text_record,
+        "tokenizer": str(tokenizer_folder) if tokenizer_folder else None,
+        "initialisation": initialisation or None,
+        "config_from": "--config" if config_given else "checkpoint shapes + full-size defaults",
+        "converter": {"tool": "convert_weights.py", "customnet_jax": customnet_jax.__version__,
+                      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
+        "extra_tensors": extra_tensors,
+    }
 
 
 def _check_complete(params: Mapping[Path, np.ndarray], shapes: Mapping[Path, tuple[int, ...]]) -> None:

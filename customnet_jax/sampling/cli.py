@@ -9,6 +9,7 @@ import pathlib
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -110,54 +111,71 @@ def enable_compilation_cache() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
-    try:  # every argument, before any work (the model's canvas size from its config alone)
-        folder = args.checkpoint or (DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER)
-        validate_arguments(args, parse_values, lambda: read_folder(folder).model)
-    except ValueError as error:
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
-    enable_compilation_cache()
     try:
-        adapters = read_specs(args.lora)  # before the model is loaded: a bad file or scale fails fast
-    except ValueError as error:
+        return _run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:  # the user's to fix: one line, no traceback
         print(f"sample.py: error: {error}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    # every argument, before any work (the model's canvas size from its config alone)
+    folder = args.checkpoint or (DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER)
+    validate_arguments(args, parse_values, lambda: read_folder(folder).model)
+    enable_compilation_cache()
+    adapters = read_specs(args.lora)  # before the model is loaded: a bad file or scale fails fast
     cutout = None  # the object cut out of the user's picture, before any model is loaded
     if args.object is not None:
-        try:
-            mask = np.asarray(Image.open(args.mask).convert("L")) if args.mask else None
-            cutout = matting.from_args(args, mask)
-        except (ValueError, OSError) as error:
-            print(f"sample.py: error: {error}", file=sys.stderr)
-            return 2
+        mask = np.asarray(Image.open(args.mask).convert("L")) if args.mask else None
+        cutout = matting.from_args(args, mask)
         for warning in cutout.warnings:
             print(f"sample.py: warning: {warning}", file=sys.stderr)
+    pipeline, label, attention = _load_pipeline(args, adapters)
+    inputs = _inputs(args, pipeline, cutout)
+    result = pipeline(**inputs, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
+                      image_guidance=args.image_guidance, text_guidance=args.text_guidance,
+                      progress=not args.no_progress, **sampling_options(args))
+    check_pictures(result.latents)
+    result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
+                           background_file=args.background or ("built-in" if inputs["background"] is not None
+                                                               else None),
+                           bf16=args.bf16, attention=attention, matting=cutout and cutout.record())
+    files = write_results(result, args.out, args.name)
+    if cutout is not None:
+        path = matting.write_object(cutout, pipeline.prepare_object, args.out, args.name)
+        print(f"object: cut out by {cutout.method} matting -> {path} (alpha = the mask)")
+    print(f"model: {label}")
+    print(f"{len(inputs['views'])} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
+          f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
+    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "sampler", "steps", "guidance")}))
+    return 0
+
+
+def _load_pipeline(args: argparse.Namespace, adapters: list) -> tuple[Pipeline, str, str | None]:
+    """The model folder (or the built-in demo model) as a Pipeline, LoRA adapters applied: (pipeline, label,
+    attention implementation)."""
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     attention = args.attention
     if attention == "auto":
         attention = "per_head" if jax.default_backend() == "cpu" else None
-    try:
-        if args.checkpoint:
-            pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention)
-            label = args.checkpoint
-        else:
-            folder = DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER
-            pipeline, label = demo_pipeline(folder, dtype, attention)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
-    try:  # LoRA adapters (customnet_jax/adapters.py), checked against the model before anything compiles
-        pipeline = adapt_pipeline(pipeline, adapters, merge=not args.lora_apart)
-    except ValueError as error:
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
+    if args.checkpoint:
+        pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention)
+        label = args.checkpoint
+    else:
+        folder = DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER
+        pipeline, label = demo_pipeline(folder, dtype, attention)
+    # LoRA adapters (customnet_jax/adapters.py), checked against the model before anything compiles
+    pipeline = adapt_pipeline(pipeline, adapters, merge=not args.lora_apart)
     label += "".join(f" + LoRA {a.path}:{a.scale:g}" for a in adapters)
+    return pipeline, label, attention
+
+
+def _inputs(args: argparse.Namespace, pipeline: Pipeline, cutout: Any) -> dict[str, Any]:
+    """The Pipeline's inputs from the flags; without --object the built-in example fills in the object, its
+    caption, box and (composition) background."""
     built_in = args.object is None
     example = default_scene(pipeline.config.resolution) if built_in else None
-    object_image = condition_object(example) if built_in else args.object
-    mask = None
-    if cutout is not None:
-        object_image, mask = cutout.rgb, cutout.mask
+    object_image, mask = (condition_object(example), None) if built_in else (cutout.rgb, cutout.mask)
     views = views_from(parse_values(args.polar, "polar"), parse_values(args.azimuth, "azimuth"),
                        parse_values(args.radius, "radius"))
     if built_in and args.checkpoint is None and args.azimuth == "0" and args.polar == "0":
@@ -173,24 +191,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     background = args.background
     if background is None and built_in and pipeline.config.has_background:
         background = to_float(example.background)  # the built-in example's own background
-    try:
-        result = pipeline(object_image, bbox=bbox, views=views, prompt=prompt, background=background,
-                          mask=mask, num_samples=args.num_samples, seed=args.seed, guidance=args.guidance,
-                          image_guidance=args.image_guidance, text_guidance=args.text_guidance,
-                          progress=not args.no_progress, **sampling_options(args))
-        check_pictures(result.latents)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"sample.py: error: {error}", file=sys.stderr)
-        return 2
-    result.settings.update(model_label=label, object=args.object or "built-in", mask=args.mask,
-                           background_file=args.background or ("built-in" if background is not None else None),
-                           bf16=args.bf16, attention=attention, matting=cutout and cutout.record())
-    files = write_results(result, args.out, args.name)
-    if cutout is not None:
-        path = matting.write_object(cutout, pipeline.prepare_object, args.out, args.name)
-        print(f"object: cut out by {cutout.method} matting -> {path} (alpha = the mask)")
-    print(f"model: {label}")
-    print(f"{len(views)} view(s) x {args.num_samples} sample(s) in {result.settings['seconds']:.1f} s -> "
-          f"{pathlib.Path(args.out) / (args.name + '_sheet.png')} ({len(files)} files)")
-    print(json.dumps({k: result.settings[k] for k in ("prompt", "bbox", "seed", "sampler", "steps", "guidance")}))
-    return 0
+    return {"object_image": object_image, "mask": mask, "views": views, "prompt": prompt, "bbox": bbox,
+            "background": background}
