@@ -20,6 +20,7 @@ from customnet_jax import matting
 from customnet_jax.conditioning.boxes import parse_bbox
 from customnet_jax.conditioning.canvas import location_canvas
 from customnet_jax.conditioning.images import to_float, to_uint8
+from customnet_jax.diffusion import samplers
 from customnet_jax.sampling.builtin_model import DEMO_FOLDER
 from customnet_jax.sampling.outputs import contact_sheet
 from customnet_jax.sampling.pipeline import Pipeline
@@ -79,6 +80,7 @@ class Request:
     seed: int = 0
     steps: int = 25
     guidance: float = 3.0
+    sampler: str = samplers.DEFAULT  # a name of customnet_jax.diffusion.samplers (its default options)
     sheet_views: int = 0  # > 1: an azimuth sweep -90..90 with this many views, one seed
 
     def views(self) -> list[tuple[float, float, float]]:
@@ -129,7 +131,8 @@ def generate(request: Request, progress: bool = True) -> dict[str, Any]:
     background = None if background is None else to_float(np.asarray(background, np.uint8)[..., :3])
     result = pipeline(picture, mask=mask, bbox=None if config.is_zero123 else request.bbox, views=request.views(),
                       prompt="" if config.is_zero123 else request.prompt, background=background, seed=request.seed,
-                      steps=request.steps, guidance=request.guidance, progress=progress)
+                      steps=request.steps, guidance=request.guidance, sampler=request.sampler,
+                      progress=progress)
     settings = dict(result.settings, object="uploaded" if request.picture is not None else "built-in",
                     matting=record, model_folder=request.folder)
     return {"images": result.images, "sheet": contact_sheet(result), "settings": settings,

@@ -14,6 +14,7 @@ from typing import Any
 from customnet_jax import matting
 from customnet_jax.app import session
 from customnet_jax.conditioning.images import to_uint8
+from customnet_jax.diffusion import samplers
 
 BOX_FIELDS = ("x0", "y0", "x1", "y1")
 PREVIEW_SIDE = 256  # the location canvas is shown enlarged (nearest) to about this side; clicks map back
@@ -26,7 +27,7 @@ def _enlargement(folder: str) -> int:
 
 
 def _request(folder, picture, matting_choice, segmenter, x0, y0, x1, y1, polar, azimuth, radius, prompt, background,
-             seed, steps, guidance, sheet, sheet_views) -> session.Request:
+             seed, steps, guidance, sampler, sheet, sheet_views) -> session.Request:
     kind = session.model_kind(folder)
     bbox = None if kind == "zero123" else tuple(float(v) if v is not None else float("nan") for v in (x0, y0, x1, y1))
     if bbox is not None and all(float(v).is_integer() for v in bbox):
@@ -34,7 +35,8 @@ def _request(folder, picture, matting_choice, segmenter, x0, y0, x1, y1, polar, 
     return session.Request(folder=folder, picture=picture, matting=matting_choice, segmenter=segmenter, bbox=bbox,
                            polar=float(polar), azimuth=float(azimuth), radius=float(radius), prompt=prompt or "",
                            background=background if kind == "composition" else None, seed=int(seed),
-                           steps=int(steps), guidance=float(guidance), sheet_views=int(sheet_views) if sheet else 0)
+                           steps=int(steps), guidance=float(guidance), sampler=sampler,
+                           sheet_views=int(sheet_views) if sheet else 0)
 
 
 def _error(error: Exception) -> str:
@@ -82,6 +84,8 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                     seed = gr.Number(0, label="seed", precision=0)
                     steps = gr.Slider(1, 100, value=25, step=1, label="steps", elem_id="steps")
                     guidance = gr.Slider(0, 10, value=3.0, step=0.5, label="guidance")
+                    sampler = gr.Dropdown(list(samplers.names()), value=samplers.DEFAULT, label="sampler",
+                                          elem_id="sampler")
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 message = gr.Markdown("", elem_id="message")
@@ -92,7 +96,7 @@ def build(folder: str = str(session.DEMO_FOLDER)) -> Any:
                                        height=256)
                 settings = gr.File(label="settings JSON", elem_id="settings")
         inputs = [folder_box, picture, matting_choice, segmenter, *fields, polar, azimuth, radius, prompt, background,
-                  seed, steps, guidance, sheet, sheet_views]
+                  seed, steps, guidance, sampler, sheet, sheet_views]
         _wire(gr, locals())
     return page
 
