@@ -166,9 +166,13 @@ def test_zero_terminal_snr_stays_finite(name):
 def test_sample_and_eval_share_the_sampling_flags():
     """sample.py, eval.py protocol and eval.py demo parse the same flags into the same Pipeline keywords; options
     not given stay out (the sampler's default), so that one a sampler does not take can be refused."""
-    from customnet_jax.evaluation.cli import build_parser as eval_parser
+    from customnet_jax.demo.eval_command import COMMAND as DEMO_COMMAND
+    from customnet_jax.evaluation.cli import build_parser
     from customnet_jax.sampling.cli import build_parser as sample_parser
     from customnet_jax.sampling.flags import sampling_options
+
+    def eval_parser():  # as eval.py builds it: the demo subcommand comes from its caller
+        return build_parser(commands=[DEMO_COMMAND])
 
     flags = ["--sampler", "euler", "--steps", "12", "--spacing", "leading"]
     parsed = [sample_parser().parse_args(flags),
