@@ -10,8 +10,8 @@
       # -> exported/customnet_v1.safetensors and exported/customnet_v1.pt
   # LoRA adapters (train.py --config configs/lora.py): merged into a model folder, or exported in PEFT's layout
   python convert_weights.py --input customnet_jax/assets/demo_model --merge-lora runs/lora/adapter.safetensors:0.8 \
-      --output models/demo_palette
-  python convert_weights.py --input runs/lora/adapter.safetensors --to-peft --output exported/palette_peft
+      --output models/demo_ringed
+  python convert_weights.py --input runs/lora/adapter.safetensors --to-peft --output exported/ringed_peft
 
 Checkpoints are read without executing any pickle code, tensor by tensor (peak memory ~ one model copy).
 """

@@ -1,12 +1,12 @@
-"""LoRA: adapt the built-in demo model to a product line in one brand palette, in a few minutes on a CPU.
+"""LoRA: adapt the built-in demo model to a background style it never saw, in a few minutes on a CPU.
 
     python train.py --config configs/lora.py --workdir runs/lora
     python sample.py --lora runs/lora/adapter.safetensors --out outputs/lora      # the demo model + the adapter
 
 Starts from the shipped demo model (customnet_jax/assets/demo_model, train.init_from) and trains rank-8 adapters
-on the UNet's attention projections (q, k, v, out, the object and the text K/V) on the "palette" synthetic world:
-every object painted in purple, cyan and orange (customnet_jax/world/synthetic.py WORLDS), built on first use
-under data.path. Only the adapters train (train.trainable); the base stays frozen and has no optimizer state. The
+on the UNet's attention projections (q, k, v, out, the object and the text K/V) on the "ringed" synthetic world:
+every background drawn in concentric rings (customnet_jax/world/synthetic.py WORLDS), built on first use under
+data.path. Only the adapters train (train.trainable); the base stays frozen and has no optimizer state. The
 run ends by writing <workdir>/adapter.safetensors (the adapter weights and a JSON header: base model hash, rank,
 alpha, targets), 226 KiB. Add cc_projection to what trains with
 `--set 'train.trainable=(("/lora_[ab]$", True), ("^cc_projection/", True), (".*", False))'`; the feed-forward and
@@ -30,7 +30,7 @@ def get_config() -> Config:
     folder = read_folder(DEMO_MODEL)  # the base's own model and schedule: its VAE's latent scale, v-prediction
     return dataclasses.replace(
         base, model=folder.model, diffusion=folder.diffusion,
-        data=DataConfig(source="synthetic", path="workdirs/lora_palette_data", synthetic_world="palette",
+        data=DataConfig(source="synthetic", path="workdirs/lora_ringed_data", synthetic_world="ringed",
                         synthetic_examples=512, synthetic_seed=1, image_size=64),
         lora=LoraConfig(rank=8, alpha=8.0, targets=(ATTENTION,)),
         train=dataclasses.replace(

@@ -1,10 +1,11 @@
-"""The LoRA example measured (tests/test_lora_example.py; `python tests/lora_example.py` writes docs/lora_*.png).
+"""The LoRA example measured (tests/test_lora_example.py; `python tests/lora_example.py` writes docs/lora_example.png).
 
-configs/lora.py's adapters trained on the "palette" world (every object purple, cyan and orange) from the built-in
-demo model, with the train loop's own setup / compiled step, on precomputed-form batches (the frozen encoders run
-once over the scenes, as data.precompute does, so the step compiles the UNet alone). The held-out measure is the
-training objective (object box weighted as in training) on palette scenes of another world seed, at fixed
-timesteps and noise: the base model's and the adapted model's, same everything else.
+configs/lora.py's adapters trained on its synthetic world ("ringed": every background in a ring pattern the demo
+model never saw) from the built-in demo model, with the train loop's own setup / compiled step, on
+precomputed-form batches (the frozen encoders run once over the scenes, as data.precompute does, so the step
+compiles the UNet alone). The held-out measure is the training objective (object box weighted as in training) on
+scenes of another world seed, at fixed timesteps and noise: the base model's and the adapted model's, same
+everything else.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def example_config(steps: int, batch_size: int = 8, learning_rate: float | None 
 
 
 def features(model, config, seeds: range, world_seed: int) -> dict:
-    """Precomputed-form examples (VAE posteriors, CLIP embeddings, T, box) of palette scenes."""
-    world = named_world("palette", image_size=config.model.resolution, seed=world_seed)
+    """Precomputed-form examples (VAE posteriors, CLIP embeddings, T, box) of the example world's scenes."""
+    world = named_world(config.data.synthetic_world, image_size=config.model.resolution, seed=world_seed)
     decode = transforms.DecodeRaw(config.model.resolution)
     raw = [decode.map({"target": s.target, "object": s.object, "view": s.view, "box": s.box, "caption": s.caption})
            for s in (scene(i, world) for i in seeds)]
@@ -133,15 +134,15 @@ def smoothed(values: list[float], window: int) -> tuple[float, float]:
 
 
 def pictures(adapter: pathlib.Path, out: pathlib.Path, scenes: int = 4, steps: int = 25) -> None:
-    """Held-out palette scenes: the object given, the truth, the base model's picture, the adapted model's."""
+    """Held-out scenes: the object given, the truth, the base model's picture, the adapted model's."""
     from PIL import Image
 
     from customnet_jax.adapters import adapt_pipeline
-    from customnet_jax.data.images import to_float
+    from customnet_jax.conditioning.images import to_float
     from customnet_jax.demo.measure import comparison_figure, relative_degrees
     from customnet_jax.sampling.pipeline import Pipeline
 
-    world = named_world("palette", seed=2)
+    world = named_world(lora_config.get_config().data.synthetic_world, seed=2)
     chosen = [scene(i, world) for i in range(scenes)]
     rows = [[s.object, s.target] for s in chosen]
     for specs in ([], [str(adapter)]):
@@ -162,6 +163,6 @@ if __name__ == "__main__":
     first, last = smoothed(result["losses"], 20)
     print(types.SimpleNamespace(loss_first=first, loss_last=last, held_out_before=result["before"],
                                 held_out_after=result["after"], changed=len(result["changed"])), flush=True)
-    file = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/lora_palette/adapter.safetensors")
+    file = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/lora_example/adapter.safetensors")
     export_adapter(result["trainer"], file, len(result["losses"]), print)
-    pictures(file, ROOT / "docs" / "lora_palette.png")
+    pictures(file, ROOT / "docs" / "lora_example.png")

@@ -29,7 +29,8 @@ __all__ = ["COLORS", "SHAPES", "WORLDS", "BackgroundSpec", "Camera", "ObjectSpec
            "named_world", "object_parts", "on_white", "over", "relative_view", "render", "sample_background",
            "sample_box", "sample_camera", "sample_object", "scene"]
 
-PATTERNS = ("plain", "striped", "checkered", "dotted")
+PATTERNS = ("plain", "striped", "checkered", "dotted")  # what the built-in demo model was trained on
+NEW_PATTERNS = ("ringed",)  # drawn by background() but in no world the demo saw (the LoRA example's new style)
 SURFACES = ("floor", "wall", "table")
 
 
@@ -55,6 +56,7 @@ class World:
     # camera (0: the target azimuth is uniform, as in Zero-1-to-3's renders)
     close_view_share: float = 0.0
     close_view_spread: float = 20.0
+    patterns: tuple[str, ...] = PATTERNS  # the background patterns its scenes draw from
 
 
 # Named worlds (DataConfig.synthetic_world). "demo": the condition view shows both side colours and, with polar
@@ -63,9 +65,8 @@ class World:
 # built-in demo trains on: the same with half of the target views near the condition view (ties azimuth to picture).
 WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0),
           "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5),
-          # a product line in one brand palette (the LoRA example, configs/lora.py): every object purple, cyan, orange
-          "palette": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5,
-                           colors=("purple", "cyan", "orange"))}
+          # a background style the demo never saw (the LoRA example, configs/lora.py): every background ringed
+          "ringed": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5, patterns=("ringed",))}
 
 
 def named_world(name: str, **changes) -> World:
@@ -117,8 +118,10 @@ def background(spec: BackgroundSpec, size: int) -> np.ndarray:
     elif spec.pattern == "dotted":
         fu, fv = u - np.floor(u) - 0.5, v - np.floor(v) - 0.5
         mix = (fu * fu + fv * fv < 0.09).astype(np.float64)
+    elif spec.pattern == "ringed":  # concentric rings around a centre on the diagonal, placed by the phase
+        mix = (np.floor(np.hypot(x - spec.phase, y - 1.0 + spec.phase) / spec.period) % 2).astype(np.float64)
     else:
-        raise ValueError(f"unknown pattern {spec.pattern!r}; expected one of {PATTERNS}")
+        raise ValueError(f"unknown pattern {spec.pattern!r}; expected one of {PATTERNS + NEW_PATTERNS}")
     out = light * (1 - mix[..., None]) + dark * mix[..., None]
     return np.rint(out).astype(np.uint8)
 
@@ -137,9 +140,10 @@ def sample_camera(rng: np.random.Generator, world: World = World()) -> Camera:
                   float(rng.uniform(*world.radius_range)))
 
 
-def sample_background(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> BackgroundSpec:
+def sample_background(rng: np.random.Generator, exclude: tuple[str, ...] = (),
+                      patterns: tuple[str, ...] = PATTERNS) -> BackgroundSpec:
     colors = [c for c in COLORS if c not in exclude and c != "black"]
-    return BackgroundSpec(str(rng.choice(PATTERNS)), str(rng.choice(colors)), str(rng.choice(SURFACES)),
+    return BackgroundSpec(str(rng.choice(patterns)), str(rng.choice(colors)), str(rng.choice(SURFACES)),
                           float(rng.choice([0.0, 45.0, 90.0, 135.0])), float(rng.uniform(0.1, 0.3)),
                           float(rng.uniform(0, 1)))
 
@@ -204,7 +208,7 @@ def scene(seed: int, world: World = World()) -> Scene:
     if world.close_view_share > 0 and rng.uniform() < world.close_view_share:
         turn = rng.uniform(-world.close_view_spread, world.close_view_spread)
         target = dataclasses.replace(target, azimuth=float((condition.azimuth + turn) % 360.0))
-    bg_spec = sample_background(rng, exclude=spec.colors)
+    bg_spec = sample_background(rng, exclude=spec.colors, patterns=world.patterns)
     size = world.image_size
     box = sample_box(rng, size, world.box_range)
     bg = background(bg_spec, size)
