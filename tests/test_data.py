@@ -124,6 +124,20 @@ def test_demo_world_condition_view_shows_both_side_colours():
         synthetic.named_world("nope")
 
 
+def test_ringed_world_draws_only_the_new_pattern_and_the_demo_worlds_never_do():
+    """The LoRA example's world (configs/lora.py): every background ringed, a pattern the built-in demo model's worlds
+    never draw; its rings are concentric (the distance to the centre sets the tone), unlike stripes."""
+    ringed = synthetic.named_world("ringed", image_size=SIZE)
+    assert {synthetic.scene(i, ringed).background_spec.pattern for i in range(12)} == {"ringed"}
+    assert "ringed" in synthetic.scene(0, ringed).caption
+    for name in ("demo", "demo_close"):
+        world = synthetic.named_world(name, image_size=SIZE)
+        assert not {synthetic.scene(i, world).background_spec.pattern for i in range(40)} & set(synthetic.NEW_PATTERNS)
+    spec = synthetic.BackgroundSpec("ringed", "blue", period=0.25, phase=0.5)  # centre (0.5, 0.5)
+    picture = synthetic.background(spec, 64).astype(int)
+    assert (picture[32, 32 + 5] == picture[32 - 5, 32]).all() and (picture[32, 36] != picture[32, 50]).any()
+
+
 def test_close_view_share_turns_that_share_of_targets_near_the_condition_view():
     """World.close_view_share ("demo_close", what the demo trains on): that share of the target cameras turn at
     most close_view_spread degrees of azimuth from the condition camera; the object and condition camera are drawn as
