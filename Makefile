@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export JAX_PLATFORMS ?= cpu
+# the suite on two workers, each taking whole test files (module fixtures are built once): a compile keeps one core
+# busy, so one worker leaves the other core idle most of the time; PYTEST_WORKERS= runs it in one process
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 
 .PHONY: sample app test test-fast lint install browser demo-model
 
@@ -33,11 +36,11 @@ app: $(STAMP)
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m "not slow" $(PYTEST_WORKERS)
 
 # the built-in demo model, from nothing (about 85 minutes on 2 idle CPU cores); resumes if interrupted
 demo-model: $(STAMP)
