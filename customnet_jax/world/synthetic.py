@@ -63,10 +63,10 @@ class World:
 # angles above the horizon, the top: a 2-core CPU cannot train a model to imagine a hidden side (the released models
 # learnt that from 250k objects), only to turn what it sees; the demo's measures use it. "demo_close", what the
 # built-in demo trains on: the same with half of the target views near the condition view (ties azimuth to picture).
-WORLDS = {"default": World(), "demo": World(polar_range=(55.0, 85.0), condition_spread=30.0),
-          "demo_close": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5),
+_DEMO_CLOSE = World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5)
+WORLDS = {"default": World(), "demo": dataclasses.replace(_DEMO_CLOSE, close_view_share=0.0), "demo_close": _DEMO_CLOSE,
           # a background style the demo never saw (the LoRA example, configs/lora.py): every background ringed
-          "ringed": World(polar_range=(55.0, 85.0), condition_spread=30.0, close_view_share=0.5, patterns=("ringed",))}
+          "ringed": dataclasses.replace(_DEMO_CLOSE, patterns=NEW_PATTERNS)}
 
 
 def named_world(name: str, **changes) -> World:
