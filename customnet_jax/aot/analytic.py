@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from customnet_jax.conditioning.features import frozen_features
+from customnet_jax.models import layers
 from customnet_jax.train import state as st
 
 
@@ -42,6 +43,13 @@ def _abstract_params(config: Any) -> tuple[nnx.GraphDef, dict, dict]:
     return graphdef, trainable, frozen
 
 
+def _written_out(graphdef: nnx.GraphDef, trainable: Any, frozen: Any) -> nnx.Module:
+    """The model with jax's attention: the products as written (a Pallas kernel's jaxpr is one block's work)."""
+    model = nnx.merge(graphdef, trainable, frozen)
+    layers.set_attention(model, "xla")
+    return model
+
+
 def unet_forward_flops(config: Any) -> float:
     """One UNet forward of one sample (with its dual cross-attention to the 1 + 77 context tokens)."""
     graphdef, trainable, frozen = _abstract_params(config)
@@ -51,8 +59,8 @@ def unet_forward_flops(config: Any) -> float:
     x = jax.ShapeDtypeStruct((1, h, h, mc.unet.in_channels), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
     context = jax.ShapeDtypeStruct((1, tokens, mc.context_dim), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda p, x, t, c: nnx.merge(graphdef, p, frozen).unet(x, t, c))(trainable, x, t, context)
-    return matmul_flops(jaxpr.jaxpr)
+    forward = lambda p, x, t, c: _written_out(graphdef, p, frozen).unet(x, t, c)
+    return matmul_flops(jax.make_jaxpr(forward)(trainable, x, t, context).jaxpr)
 
 
 def encoder_flops(config: Any, batch: dict) -> float:
@@ -64,9 +72,8 @@ def encoder_flops(config: Any, batch: dict) -> float:
     one["posterior_noise"] = jax.ShapeDtypeStruct((1, config.model.latent_size, config.model.latent_size,
                                                    config.model.latent_channels), jnp.float32)
     null_text = jax.ShapeDtypeStruct((1, config.model.text_encoder.max_length, config.model.context_dim), jnp.float32)
-    jaxpr = jax.make_jaxpr(
-        lambda p, f, b, n: frozen_features(nnx.merge(graphdef, p, f), config, b, n))(trainable, frozen, one, null_text)
-    return matmul_flops(jaxpr.jaxpr)
+    encode = lambda p, f, b, n: frozen_features(_written_out(graphdef, p, f), config, b, n)
+    return matmul_flops(jax.make_jaxpr(encode)(trainable, frozen, one, null_text).jaxpr)
 
 
 def train_flops_per_sample(config: Any, batch: dict) -> float:

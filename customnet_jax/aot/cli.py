@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sampling program's sampler (its default options)")
     parser.add_argument("--encoder-batch", type=int, default=16, help="examples per precompute-encoder call")
     parser.add_argument("--json", help="write every program's figures here")
+    parser.add_argument("--hlo", metavar="DIR", help="write each compiled program's optimized HLO text into DIR "
+                        "(read it with `python -m customnet_jax.aot.traffic`: where the bytes go)")
     return parser
 
 
@@ -82,10 +84,17 @@ def _check(args: argparse.Namespace):
     return config, target, devices, programs, batches
 
 
-def _compile(lowered, name: str):
+def _compile(lowered, name: str, hlo_dir: str | None = None):
     started = time.perf_counter()
     compiled = lowered.compile()
     print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
+    if hlo_dir:
+        folder = pathlib.Path(hlo_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name.replace(' ', '_')}.hlo.txt"
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(compiled.as_text())
+        partial.replace(path)  # atomic: a killed run leaves no half-written file under the final name
     return compiled
 
 
@@ -105,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if "train" in programs:
         mesh = shd.make_mesh(config.mesh, devices)
         lowered, batch = build.lower_train_step(config, mesh, build.batch_form(config))
-        compiled = _compile(lowered, "train step")
+        compiled = _compile(lowered, "train step", args.hlo)
         figures = read_figures(compiled, "train step", target, len(devices), per_chip, config.train.batch_size)
         figures.flops_per_device = step_flops(compiled, config.train.grad_accum_steps) or 0.0
         figures.analytic_flops_per_sample = analytic.train_flops_per_sample(config, batch)
@@ -114,11 +123,11 @@ def run(args: argparse.Namespace) -> int:
     for count in batches if "sample" in programs else []:
         whole, step = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
         title = f"sampling program ({args.sample_steps} {args.sampler} steps, guidance batched)"
-        report(read_figures(_compile(whole, f"sampling x{count}"), title, target, 1, per_chip, count))
-        report(read_figures(_compile(step, f"sampling step x{count}"), "one guided UNet step (cond + uncond)",
+        report(read_figures(_compile(whole, f"sampling x{count}", args.hlo), title, target, 1, per_chip, count))
+        report(read_figures(_compile(step, f"sampling step x{count}", args.hlo), "one guided UNet step (cond + uncond)",
                             target, 1, per_chip, count))
     if "encoders" in programs:
-        compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders")
+        compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders", args.hlo)
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
