@@ -79,3 +79,35 @@ def test_analytic_count_is_the_same_with_the_splash_kernel():
         trainable, x, jax.ShapeDtypeStruct((1,), jnp.int32), context)
     assert "pallas_call" in str(raw.jaxpr)
     assert analytic.matmul_flops(raw.jaxpr) != expected
+
+
+def test_splash_kernel_work_from_the_jaxpr():
+    """The splash kernels of a forward + backward pass of configs/tiny.py (2 samples, 256-token self-attention,
+    head_dim padded to 128): one forward, one dq and one dkv kernel per self-attention, 2, 3 and 4 products of
+    2 x B x heads x 256 x 256 x 128 FLOPs each; nothing found with jax's attention (the negative control)."""
+    from flax import nnx
+
+    from customnet_jax.aot import analytic
+    from customnet_jax.config_files import load_config, override
+
+    def calls(config):
+        graphdef, trainable, frozen = analytic._abstract_params(config)
+        c = config.model
+        x = jax.ShapeDtypeStruct((2, c.latent_size, c.latent_size, c.unet.in_channels), jnp.float32)
+        context = jax.ShapeDtypeStruct((2, 1 + c.text_encoder.max_length, c.context_dim), jnp.float32)
+        loss = lambda p, x, t, ctx: jnp.sum(nnx.merge(graphdef, p, frozen).unet(x, t, ctx))
+        jaxpr = jax.make_jaxpr(jax.grad(loss))(trainable, x, jax.ShapeDtypeStruct((2,), jnp.int32), context)
+        return analytic.pallas_kernel_calls(jaxpr.jaxpr)
+
+    tiny = load_config("configs/tiny.py")
+    assert calls(tiny) == []
+    found = calls(override(tiny, ["train.attention=splash"]))
+    heads = tiny.model.unet.num_heads
+    per_product = 2.0 * 2 * heads * 256 * 256 * 128
+    kinds = {"fwd": 2, "dq": 3, "dkv": 4}
+    for kind, products in kinds.items():
+        of_kind = [c for c in found if f"_{kind}" in c.name]
+        assert of_kind, kind
+        assert all(c.flops == products * per_product and c.bytes > 0 for c in of_kind)
+    assert len({len([c for c in found if f"_{kind}" in c.name]) for kind in kinds}) == 1  # one of each per layer
+    assert analytic.kernel_seconds(found, 1e12, 1e15) == pytest.approx(sum(c.flops for c in found) / 1e12)

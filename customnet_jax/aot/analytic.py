@@ -6,6 +6,7 @@ Independent of any compiler: the reference the compiled count is read against (a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -79,3 +80,42 @@ def encoder_flops(config: Any, batch: dict) -> float:
 def train_flops_per_sample(config: Any, batch: dict) -> float:
     """Forward + backward of the UNet (3 x forward) plus the frozen encoders' forward, per sample."""
     return 3.0 * unet_forward_flops(config) + encoder_flops(config, batch)
+
+
+# matmuls of one splash attention kernel call, each 2 x Tq x Tk x head_dim FLOPs per (sample, head): forward
+# q.k and p.v; backward dq: s again, dp = do.v, dq = ds.k; dkv: s again, dp, dv = p.do, dk = ds.q
+SPLASH_MATMULS = (("dkv", 4), ("dq", 3), ("fwd", 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCall:
+    name: str
+    flops: float
+    bytes: float  # operands + results, each once (a lower bound: the kernel re-reads k / v per query block)
+
+
+def pallas_kernel_calls(jaxpr: Any) -> list[KernelCall]:
+    """The Pallas splash attention kernels of a (closed) jaxpr, nested ones included, with their work: XLA's cost
+    analysis leaves custom calls out. Inside `shard_map` the shapes, and so the work, are one device's."""
+    calls = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            name = str(eqn.params.get("name_and_src_info", eqn.params.get("name", ""))).split(" ")[0]
+            matmuls = next((m for key, m in SPLASH_MATMULS if f"_{key}" in name), 0)
+            heads = [v.aval.shape for v in eqn.invars if len(v.aval.shape) == 4]  # (B, heads, T, head_dim): q, k, ...
+            flops = 0.0
+            if matmuls and len(heads) >= 2:
+                (batch, count, q_length, head_dim), k_length = heads[0], heads[1][2]
+                flops = matmuls * 2.0 * batch * count * q_length * k_length * head_dim
+            size = lambda v: math.prod(v.aval.shape) * v.aval.dtype.itemsize
+            calls.append(KernelCall(name, flops, float(sum(size(v) for v in (*eqn.invars, *eqn.outvars)))))
+            continue
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            calls.extend(pallas_kernel_calls(sub))
+    return calls
+
+
+def kernel_seconds(calls: list[KernelCall], peak_flops: float, hbm_bytes_per_second: float) -> float:
+    """Each kernel at the chip's roofline (its FLOPs at the bf16 peak or its bytes at the HBM bandwidth, whichever
+    is longer), summed: a lower bound of the kernels' time, beside the compiler's estimate of the rest."""
+    return sum(max(c.flops / peak_flops, c.bytes / hbm_bytes_per_second) for c in calls)

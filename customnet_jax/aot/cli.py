@@ -113,19 +113,22 @@ def run(args: argparse.Namespace) -> int:
 
     if "train" in programs:
         mesh = shd.make_mesh(config.mesh, devices)
-        lowered, batch = build.lower_train_step(config, mesh, build.batch_form(config))
+        lowered, batch, kernels = build.lower_train_step(config, mesh, build.batch_form(config))
         compiled = _compile(lowered, "train step", args.hlo)
         figures = read_figures(compiled, "train step", target, len(devices), per_chip, config.train.batch_size)
         figures.flops_per_device = step_flops(compiled, config.train.grad_accum_steps) or 0.0
         figures.analytic_flops_per_sample = analytic.train_flops_per_sample(config, batch)
+        figures.add_kernels(kernels, target)
         report(figures)
     chip = build.one_chip(devices[0])
     for count in batches if "sample" in programs else []:
-        whole, step = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
+        whole, step, kernels = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
         title = f"sampling program ({args.sample_steps} {args.sampler} steps, guidance batched)"
         report(read_figures(_compile(whole, f"sampling x{count}", args.hlo), title, target, 1, per_chip, count))
-        report(read_figures(_compile(step, f"sampling step x{count}", args.hlo), "one guided UNet step (cond + uncond)",
-                            target, 1, per_chip, count))
+        figures = read_figures(_compile(step, f"sampling step x{count}", args.hlo),
+                               "one guided UNet step (cond + uncond)", target, 1, per_chip, count)
+        figures.add_kernels(kernels, target)
+        report(figures)
     if "encoders" in programs:
         compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders", args.hlo)
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))

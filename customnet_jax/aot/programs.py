@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from customnet_jax.aot import analytic
 from customnet_jax.data.precomputed import make_encoder
 from customnet_jax.diffusion import samplers
 from customnet_jax.models import layers
@@ -46,8 +47,15 @@ def with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict]:
-    """The real train step lowered for `mesh`'s devices; returns (lowered, host batch)."""
+def _lower(jitted: Any, *args: Any) -> tuple[Any, list[analytic.KernelCall]]:
+    """(the lowered program, the Pallas kernel calls in its jaxpr: work the compiler's cost analysis leaves out)."""
+    traced = jitted.trace(*args)
+    return traced.lower(), analytic.pallas_kernel_calls(traced.jaxpr.jaxpr)
+
+
+def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict, list[analytic.KernelCall]]:
+    """The real train step lowered for `mesh`'s devices; returns (lowered, host batch, Pallas kernel calls, one
+    device's)."""
     graphdef, shapes = st.graphdef_and_shapes(config)
     flat = {path: jax.ShapeDtypeStruct(shape, jnp.float32) for path, shape in shapes.items()}
     trainable, frozen_params = st.split_params(flat)
@@ -65,9 +73,9 @@ def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict]:
     batch_shardings = {k: shd.batch_sharding(mesh) for k in batch}
     jitted = jit_step(make_step_fn(config, graphdef, tx, mesh), state_shardings, frozen_shardings, batch_shardings,
                       mesh)
-    lowered = jitted.lower(with_shardings(state, state_shardings), with_shardings(frozen, frozen_shardings),
-                           abstract_batch(batch, mesh))
-    return lowered, batch
+    lowered, kernels = _lower(jitted, with_shardings(state, state_shardings),
+                              with_shardings(frozen, frozen_shardings), abstract_batch(batch, mesh))
+    return lowered, batch, kernels
 
 
 def one_chip(device: Any) -> Mesh:
@@ -88,8 +96,9 @@ def _placed(tree: Any, mesh: Mesh) -> Any:
 
 
 def lower_sampling(config: Any, mesh: Mesh, num_samples: int, steps: int,
-                   sampler: str = "ddim") -> tuple[Any, Any]:
-    """(the whole sampling program, one guided UNet step) for `num_samples` pictures of one view, guidance on."""
+                   sampler: str = "ddim") -> tuple[Any, Any, list[analytic.KernelCall]]:
+    """(the whole sampling program, one guided UNet step, that step's Pallas kernel calls) for `num_samples`
+    pictures of one view, guidance on."""
     pipeline = _abstract_pipeline(config)
     c = pipeline.config
     r, h = c.resolution, c.latent_size
@@ -110,8 +119,8 @@ def lower_sampling(config: Any, mesh: Mesh, num_samples: int, steps: int,
         context = jax.ShapeDtypeStruct((2 * num_samples, tokens, c.context_dim), f32)
         t = jax.ShapeDtypeStruct((2 * num_samples,), jnp.int32)
         step = jax.jit(lambda state, x, t, cond, ctx: nnx.merge(graphdef, state).denoise(x, t, cond, ctx))
-        one_step = step.lower(*_placed((pipeline.state, x, t, conditions, context), mesh))
-    return whole, one_step
+        one_step, kernels = _lower(step, *_placed((pipeline.state, x, t, conditions, context), mesh))
+    return whole, one_step, kernels
 
 
 def lower_encoders(config: Any, mesh: Mesh, batch_size: int) -> Any:

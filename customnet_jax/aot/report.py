@@ -6,7 +6,9 @@ cost:    `compiled.cost_analysis()` per device: 'flops', 'bytes accessed', 'opti
          estimated run time). XLA counts a loop body once (a scan over micro-batches, the DDIM loop): the train
          step's FLOPs are scaled by the accumulation count as `train.loop.step_flops` does, and a loop
          program's 'optimal_seconds' is reported as given, with per-step figures beside it. Pallas kernels
-         (splash attention) are custom calls that declare no cost: the compiler's FLOPs and time leave them out.
+         (splash attention) are custom calls that declare no cost: the compiler's FLOPs and time leave them out,
+         and they are added from the jaxpr (`analytic.pallas_kernel_calls`: their matmul FLOPs, and their time at
+         the chip's roofline, a lower bound).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Figures:
     seconds: float | None  # the compiler's estimate, None when not given or not usable (<= 0)
     analytic_flops_per_sample: float | None = None
     memory: dict = dataclasses.field(default_factory=dict)
+    kernel_flops_per_device: float = 0.0  # Pallas kernels (not in the compiler's figures)
+    kernel_seconds: float = 0.0  # their time at the chip's roofline, added to the compiler's estimate
+    compiler_seconds: float | None = None  # the compiler's own estimate, without the kernels
 
     @property
     def fits(self) -> bool:
@@ -37,7 +42,23 @@ class Figures:
 
     @property
     def flops_per_sample(self) -> float:
-        return self.flops_per_device * self.devices / max(self.batch, 1)
+        return (self.flops_per_device + self.kernel_flops_per_device) * self.devices / max(self.batch, 1)
+
+    def add_kernels(self, calls: list, target: Target) -> None:
+        """Add Pallas kernel calls (one device's, `analytic.pallas_kernel_calls`) to the compiler's figures."""
+        from customnet_jax.aot.analytic import kernel_seconds
+
+        if not calls:
+            return
+        self.kernel_flops_per_device = sum(c.flops for c in calls)
+        self.kernel_seconds = kernel_seconds(calls, target.chip.peak_flops / self.devices_per_chip,
+                                             target.chip.hbm_bandwidth / self.devices_per_chip)
+        if self.seconds:
+            self.seconds += self.kernel_seconds
+
+    @property
+    def devices_per_chip(self) -> float:
+        return self.devices / self.chips
 
     def samples_per_second_per_chip(self) -> float | None:
         return None if not self.seconds else self.batch / self.seconds / self.chips
@@ -46,7 +67,8 @@ class Figures:
         """Compiled FLOPs per chip / estimated time / the chip's bf16 peak."""
         if not self.seconds:
             return None
-        return self.flops_per_device * (self.devices / self.chips) / self.seconds / target.chip.peak_flops
+        flops = self.flops_per_device + self.kernel_flops_per_device
+        return flops * self.devices_per_chip / self.seconds / target.chip.peak_flops
 
 
 def _cost(compiled: Any) -> dict:
@@ -73,7 +95,8 @@ def read_figures(compiled: Any, program: str, target: Target, devices: int, devi
                    bytes_per_chip=per_device * min(devices_per_chip, devices),
                    hbm_per_chip=target.chip.hbm_bytes, flops_per_device=float(cost.get("flops", 0.0)) * flops_scale,
                    bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
-                   seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None, memory=memory)
+                   seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None, memory=memory,
+                   compiler_seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None)
 
 
 def format_figures(f: Figures, target: Target) -> list[str]:
@@ -91,10 +114,17 @@ def format_figures(f: Figures, target: Target) -> list[str]:
                   f"{f.flops_per_sample / f.analytic_flops_per_sample:.2f}: remat recomputation and uncounted work)")
     lines.append(flops)
     lines.append(f"  bytes accessed per chip {f.bytes_accessed_per_device * (f.devices / f.chips) / 1e9:.1f} GB")
+    if f.kernel_flops_per_device:
+        tflops = f.kernel_flops_per_device * f.devices_per_chip / 1e12
+        lines.append(f"  Pallas kernels (not in the compiler's figures): {tflops:.2f} TFLOP per chip, "
+                     f"{f.kernel_seconds * 1e3:.2f} ms at the chip's roofline (a lower bound)")
     if f.seconds:
         share = f.peak_share(target)
-        lines.append(f"  estimated time {f.seconds * 1e3:.2f} ms -> {f.samples_per_second_per_chip():.1f} samples/s "
-                     f"per chip, {f.batch / f.seconds:.1f} per slice; {100 * share:.0f}% of the chip's bf16 peak")
+        kernels = (f" (the compiler's {f.compiler_seconds * 1e3:.2f} + kernels {f.kernel_seconds * 1e3:.2f})"
+                   if f.kernel_seconds else "")
+        lines.append(f"  estimated time {f.seconds * 1e3:.2f} ms{kernels} -> {f.samples_per_second_per_chip():.1f} "
+                     f"samples/s per chip, {f.batch / f.seconds:.1f} per slice; {100 * share:.0f}% of the chip's "
+                     "bf16 peak")
     else:
         lines.append("  estimated time: not given by the compiler for this program (a loop); see the per-step line")
     return lines

@@ -1,7 +1,8 @@
 """TPU targets by name: a Cloud TPU slice name ("v5p-8") or libtpu's topology form ("v5p:2x2x1") -> abstract devices.
 
-The chip figures the report compares against (HBM per chip, dense bf16 peak per chip) are the published ones:
-v4 32 GiB / 275 TFLOP/s, v5e 16 GiB / 197, v5p 95 GiB / 459, v6e 32 GiB / 918. Slice names count TensorCores
+The chip figures the report compares against (HBM per chip, dense bf16 peak, HBM bandwidth per chip) are the
+published ones: v4 32 GiB / 275 TFLOP/s / 1.2 TB/s, v5e 16 GiB / 197 / 0.82, v5p 95 GiB / 459 / 2.77, v6e
+32 GiB / 918 / 1.64. Slice names count TensorCores
 for v4 and v5p (two per chip: v5p-8 is 4 chips) and chips for v5e and v6e (v5e-8 is 8 chips). libtpu's
 compile-only v4 devices are single TensorCores (8 devices for the 4 chips of v4:2x2x1), so memory per chip is
 per device x devices per chip.
@@ -22,13 +23,14 @@ class Chip:
     hbm_bytes: float
     peak_flops: float  # dense bf16 per chip
     cores_in_name: bool  # the slice name counts TensorCores (2 per chip), not chips
+    hbm_bandwidth: float  # bytes/s per chip
 
 
 CHIPS = {
-    "v4": Chip("v4", 32 * GIB, 275e12, cores_in_name=True),
-    "v5e": Chip("v5e", 16 * GIB, 197e12, cores_in_name=False),
-    "v5p": Chip("v5p", 95 * GIB, 459e12, cores_in_name=True),
-    "v6e": Chip("v6e", 32 * GIB, 918e12, cores_in_name=False),
+    "v4": Chip("v4", 32 * GIB, 275e12, cores_in_name=True, hbm_bandwidth=1.2e12),
+    "v5e": Chip("v5e", 16 * GIB, 197e12, cores_in_name=False, hbm_bandwidth=0.819e12),
+    "v5p": Chip("v5p", 95 * GIB, 459e12, cores_in_name=True, hbm_bandwidth=2.765e12),
+    "v6e": Chip("v6e", 32 * GIB, 918e12, cores_in_name=False, hbm_bandwidth=1.64e12),
 }
 # chips of a slice -> libtpu topology (3D tori for v4 / v5p, 2D for v5e / v6e); 4 chips is the smallest host
 TOPOLOGIES_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8"}
