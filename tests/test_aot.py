@@ -95,3 +95,27 @@ def test_slice_names():
     assert targets.parse_target("v5p-64").topology == "v5p:2x4x4"
     with pytest.raises(targets.TargetError, match="known"):
         targets.parse_target("v5p-6")
+
+
+class _Refused:
+    """A lowered program whose compile fails as libtpu's does when a program needs more HBM than the chip has."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def compile(self):
+        raise RuntimeError(self.message)
+
+
+def test_a_program_the_compiler_refuses_for_memory_is_one_line_and_exit_1(capsys, monkeypatch):
+    refusal = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
+               "Used 21.50G of 15.75G hbm. Exceeded hbm capacity by 5.75G.\n\nTotal hbm usage >= 22.0G: ...")
+    monkeypatch.setattr(cli.build, "lower_train_step", lambda *a: (_Refused(refusal), {}, []))
+    code, text = run(capsys, *TINY)
+    assert code == cli.EXIT_DOES_NOT_FIT, text
+    lines = [line for line in text.splitlines() if line.startswith("does not fit")]
+    assert len(lines) == 1 and "Used 21.50G of 15.75G hbm" in lines[0] and "Traceback" not in text
+    # any other compiler failure is not reported as "does not fit" (negative control)
+    monkeypatch.setattr(cli.build, "lower_train_step", lambda *a: (_Refused("INTERNAL: something else"), {}, []))
+    with pytest.raises(RuntimeError, match="something else"):
+        cli.main(TINY)

@@ -84,9 +84,20 @@ def _check(args: argparse.Namespace):
     return config, target, devices, programs, batches
 
 
+class DoesNotFit(Exception):
+    """The TPU compiler refused a program for want of HBM (it reports the bytes it needed)."""
+
+
 def _compile(lowered, name: str, hlo_dir: str | None = None):
     started = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as error:  # noqa: BLE001 - XLA reports running out of memory as a runtime error
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
+            raise
+        detail = next((line.strip() for line in text.splitlines() if "memory" in line.lower()), text.splitlines()[0])
+        raise DoesNotFit(f"{name}: the TPU compiler ran out of HBM ({detail[:300]})") from None
     print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
     if hlo_dir:
         folder = pathlib.Path(hlo_dir)
@@ -104,6 +115,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail(str(error))
 
+    try:
+        return _run(args, config, target, devices, programs, batches)
+    except DoesNotFit as error:
+        print(f"does not fit: {error}; use more chips (mesh.fsdp), a smaller train.batch_size or "
+              "train.remat=True", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+
+
+def _run(args: argparse.Namespace, config, target, devices, programs, batches) -> int:
     per_chip = max(len(devices) // target.chips, 1)
     results = []
 

@@ -41,17 +41,31 @@ _NOT_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast"
                 "replica-id", "iota"}
 
 
+def _padded(dims: list[int], layout: str) -> list[int]:
+    """Dimensions as stored: the layout's first tile `T(a,b)` pads the two most minor dimensions (minor-to-major
+    order first in the layout) to multiples of (a, b): a TPU array with a 40-wide minor dimension holds 128."""
+    order, _, tiling = layout.strip("{}").partition(":")
+    tile = re.search(r"T\(([0-9,]+)\)", tiling)
+    if not tile or not dims or not order:
+        return dims
+    minor_to_major = [int(d) for d in order.split(",") if d.strip().isdigit()]
+    padded = list(dims)
+    for size, axis in zip(reversed([int(t) for t in tile.group(1).split(",")]), minor_to_major, strict=False):
+        padded[axis] = -(-padded[axis] // size) * size
+    return padded
+
+
 def array_bytes(text: str) -> float:
-    """Bytes in device memory (HBM) of every array shape written in `text` (a shape or a tuple of shapes); arrays
-    whose layout puts them in an on-chip memory space (`S(1)`: TPU VMEM, where the compiler prefetches weights
-    and keeps small buffers) are not memory traffic and count 0."""
+    """Bytes in device memory (HBM) of every array shape written in `text` (a shape or a tuple of shapes), as
+    stored: padded to the layout's tiles; arrays whose layout puts them in an on-chip memory space (`S(1)`: TPU
+    VMEM, where the compiler prefetches weights and keeps small buffers) are not memory traffic and count 0."""
     total = 0.0
     for dtype, dims, layout in _ARRAY.findall(text):
         if _ON_CHIP.search(layout):
             continue
         count = 1
-        for d in filter(None, dims.split(",")):
-            count *= int(d)
+        for d in _padded([int(d) for d in filter(None, dims.split(","))], layout):
+            count *= d
         total += count * DTYPE_BYTES[dtype]
     return total
 
