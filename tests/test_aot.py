@@ -60,6 +60,9 @@ def test_tiny_sampling_program_compiles_for_one_tpu_chip(compiled):
     assert step["seconds"] > 0 and step["flops_per_device"] > 0
     # the whole program runs the guided UNet 3 times (plus the encoders and the decoder)
     assert sampling["flops_per_device"] > step["flops_per_device"]
+    # the compiler counts the DDIM loop's body once (1, 3 and 6 steps give the same whole-program FLOPs: see
+    # docs/tpu.md), so a picture costs the program's estimate plus 2 more steps, over 2 pictures
+    assert sampling["per_picture_seconds"] == pytest.approx((sampling["seconds"] + 2 * step["seconds"]) / 2)
 
 
 @pytest.mark.slow

@@ -144,11 +144,18 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
     for count in batches if "sample" in programs else []:
         whole, step, kernels = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
         title = f"sampling program ({args.sample_steps} {args.sampler} steps, guidance batched)"
-        report(read_figures(_compile(whole, f"sampling x{count}", args.hlo), title, target, 1, per_chip, count))
+        program = read_figures(_compile(whole, f"sampling x{count}", args.hlo), title, target, 1, per_chip, count)
+        report(program)
         figures = read_figures(_compile(step, f"sampling step x{count}", args.hlo),
                                "one guided UNet step (cond + uncond)", target, 1, per_chip, count)
         figures.add_kernels(kernels, target)
         report(figures)
+        if program.seconds and figures.seconds:
+            # the compiler counts the DDIM loop's body once in the whole program (its FLOPs say so): add the others
+            seconds = program.seconds + (args.sample_steps - 1) * figures.seconds
+            print(f"  per picture: (program + {args.sample_steps - 1} x step) / {count} = "
+                  f"{seconds / count * 1e3:.1f} ms -> {count / seconds:.2f} pictures/s per chip", flush=True)
+            results[-2]["per_picture_seconds"] = seconds / count
     if "encoders" in programs:
         compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders", args.hlo)
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
