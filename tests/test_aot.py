@@ -81,6 +81,8 @@ def test_a_program_that_does_not_fit_gives_exit_status_1(compiled, capsys):
     (["--topology", "v5p:2x2x1", "--set", "mesh.fsdp=3"], "does not divide"),
     (["--topology", "v5e:2x2", "--set", "train.batch_size=6"], "train.batch_size=6 is not divisible"),
     (["--topology", "v5e:2x2", "--programs", "train,eval"], "--programs"),
+    (["--topology", "v5e:2x2", "--xla-flag", "xla_tpu_spmd_unroll_windowed_einsum"], "give NAME=VALUE"),
+    (["--topology", "v5e:2x2", "--xla-flag", "not_a_compiler_option=1"], "No such compile option"),
 ])
 def test_bad_input_is_one_line_before_compiling(capsys, args, message):
     code, text = run(capsys, "--config", "configs/tiny.py", *args)
@@ -106,7 +108,7 @@ class _Refused:
     def __init__(self, message: str):
         self.message = message
 
-    def compile(self):
+    def compile(self, compiler_options=None):
         raise RuntimeError(self.message)
 
 
@@ -122,3 +124,16 @@ def test_a_program_the_compiler_refuses_for_memory_is_one_line_and_exit_1(capsys
     monkeypatch.setattr(cli.build, "lower_train_step", lambda *a: (_Refused("INTERNAL: something else"), {}, []))
     with pytest.raises(RuntimeError, match="something else"):
         cli.main(TINY)
+
+
+def test_compiler_options_libtpu_knows_are_accepted():
+    """--xla-flag passes options to libtpu: the ones docs/tpu.md names are known to it (checked by a one-line
+    compile in a second, as the tool does before tracing the real programs)."""
+    device = targets.parse_target("v5e:2x2").devices()[0]
+    options = cli.compiler_options(["xla_tpu_spmd_unroll_windowed_einsum=true",
+                                    "--xla_tpu_enable_windowed_einsum_for_all_gather=false"])
+    assert options == {"xla_tpu_spmd_unroll_windowed_einsum": "true",
+                       "xla_tpu_enable_windowed_einsum_for_all_gather": "false"}
+    cli.check_compiler_options(options, device)
+    with pytest.raises(ValueError, match="No such compile option"):
+        cli.check_compiler_options({"xla_tpu_no_such_option": "true"}, device)

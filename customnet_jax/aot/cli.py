@@ -19,6 +19,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from customnet_jax.aot import analytic
 from customnet_jax.aot import programs as build
 from customnet_jax.aot.report import as_record, format_figures, read_figures
@@ -46,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the sampling program's sampler (its default options)")
     parser.add_argument("--encoder-batch", type=int, default=16, help="examples per precompute-encoder call")
     parser.add_argument("--json", help="write every program's figures here")
+    parser.add_argument("--xla-flag", dest="xla_flags", action="append", default=[], metavar="NAME=VALUE",
+                        help="a compiler option for every program (repeatable), e.g. "
+                             "xla_tpu_spmd_unroll_windowed_einsum=true (see docs/tpu.md)")
     parser.add_argument("--hlo", metavar="DIR", help="write each compiled program's optimized HLO text into DIR "
                         "(read it with `python -m customnet_jax.aot.traffic`: where the bytes go)")
     return parser
@@ -69,6 +77,7 @@ def _check(args: argparse.Namespace):
         raise ValueError(f"--sample-batches {args.sample_batches!r}: give integers such as 1,8,32") from None
     if min(batches) < 1 or args.sample_steps < 1 or args.encoder_batch < 1:
         raise ValueError("--sample-batches, --sample-steps and --encoder-batch must be >= 1")
+    args.compiler_options = compiler_options(args.xla_flags)
     config = override(load_config(args.config), args.overrides)
     target = parse_target(args.topology)
     devices = target.devices()
@@ -77,6 +86,7 @@ def _check(args: argparse.Namespace):
         raise ValueError(f"mesh data={data} x fsdp={fsdp} = {data * fsdp} devices does not divide {target.name}'s "
                          f"{len(devices)} devices exactly; set --set mesh.fsdp=F with F dividing {len(devices)} "
                          "(and mesh.data=-1)")
+    check_compiler_options(args.compiler_options, devices[0])
     try:
         shd.check_config(config, len(devices))
     except shd.ConfigError as error:
@@ -88,10 +98,34 @@ class DoesNotFit(Exception):
     """The TPU compiler refused a program for want of HBM (it reports the bytes it needed)."""
 
 
-def _compile(lowered, name: str, hlo_dir: str | None = None):
+def compiler_options(flags: Sequence[str]) -> dict[str, str]:
+    """["name=value", ...] -> {name: value}; refused in one line when a flag is not NAME=VALUE."""
+    options = {}
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ValueError(f"--xla-flag {flag!r}: give NAME=VALUE, e.g. xla_tpu_spmd_unroll_windowed_einsum=true")
+        options[name.strip().lstrip("-")] = value.strip()
+    return options
+
+
+def check_compiler_options(options: dict[str, str], device) -> None:
+    """Compile a one-line program for `device` with `options`: libtpu refuses an unknown option or a bad value
+    in a second here, before the real programs are traced and lowered."""
+    if not options:
+        return
+    x = jax.ShapeDtypeStruct((8, 128), jnp.float32, sharding=NamedSharding(build.one_chip(device), P()))
+    try:
+        jax.jit(lambda a: a + 1).lower(x).compile(compiler_options=options)
+    except Exception as error:  # noqa: BLE001 - XLA reports a bad option as a runtime error
+        raise ValueError(f"--xla-flag: the TPU compiler refused the options ({str(error).splitlines()[0]}); "
+                         "give options libtpu knows, as NAME=VALUE") from None
+
+
+def _compile(lowered, name: str, hlo_dir: str | None = None, options: dict | None = None):
     started = time.perf_counter()
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(compiler_options=options or None)
     except Exception as error:  # noqa: BLE001 - XLA reports running out of memory as a runtime error
         text = str(error)
         if "RESOURCE_EXHAUSTED" not in text and "Ran out of memory" not in text:
@@ -126,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, config, target, devices, programs, batches) -> int:
     per_chip = max(len(devices) // target.chips, 1)
     results = []
+    compile_program = lambda lowered, name: _compile(lowered, name, args.hlo, args.compiler_options)
 
     def report(figures) -> None:
         print("\n".join(format_figures(figures, target)), flush=True)
@@ -134,7 +169,7 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
     if "train" in programs:
         mesh = shd.make_mesh(config.mesh, devices)
         lowered, batch, kernels = build.lower_train_step(config, mesh, build.batch_form(config))
-        compiled = _compile(lowered, "train step", args.hlo)
+        compiled = compile_program(lowered, "train step")
         figures = read_figures(compiled, "train step", target, len(devices), per_chip, config.train.batch_size)
         figures.flops_per_device = step_flops(compiled, config.train.grad_accum_steps) or 0.0
         figures.analytic_flops_per_sample = analytic.train_flops_per_sample(config, batch)
@@ -144,9 +179,9 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
     for count in batches if "sample" in programs else []:
         whole, step, kernels = build.lower_sampling(config, chip, count, args.sample_steps, args.sampler)
         title = f"sampling program ({args.sample_steps} {args.sampler} steps, guidance batched)"
-        program = read_figures(_compile(whole, f"sampling x{count}", args.hlo), title, target, 1, per_chip, count)
+        program = read_figures(compile_program(whole, f"sampling x{count}"), title, target, 1, per_chip, count)
         report(program)
-        figures = read_figures(_compile(step, f"sampling step x{count}", args.hlo),
+        figures = read_figures(compile_program(step, f"sampling step x{count}"),
                                "one guided UNet step (cond + uncond)", target, 1, per_chip, count)
         figures.add_kernels(kernels, target)
         report(figures)
@@ -157,7 +192,7 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
                   f"{seconds / count * 1e3:.1f} ms -> {count / seconds:.2f} pictures/s per chip", flush=True)
             results[-2]["per_picture_seconds"] = seconds / count
     if "encoders" in programs:
-        compiled = _compile(build.lower_encoders(config, chip, args.encoder_batch), "encoders", args.hlo)
+        compiled = compile_program(build.lower_encoders(config, chip, args.encoder_batch), "encoders")
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
