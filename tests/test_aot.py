@@ -83,6 +83,7 @@ def test_a_program_that_does_not_fit_gives_exit_status_1(compiled, capsys):
     (["--topology", "v5e:2x2", "--programs", "train,eval"], "--programs"),
     (["--topology", "v5e:2x2", "--xla-flag", "xla_tpu_spmd_unroll_windowed_einsum"], "give NAME=VALUE"),
     (["--topology", "v5e:2x2", "--xla-flag", "not_a_compiler_option=1"], "No such compile option"),
+    (["--topology", "v5e:2x2", "--hlo", "/proc/no_such_folder"], "--hlo /proc/no_such_folder: cannot create it"),
 ])
 def test_bad_input_is_one_line_before_compiling(capsys, args, message):
     code, text = run(capsys, "--config", "configs/tiny.py", *args)

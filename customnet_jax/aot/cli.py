@@ -78,6 +78,11 @@ def _check(args: argparse.Namespace):
     if min(batches) < 1 or args.sample_steps < 1 or args.encoder_batch < 1:
         raise ValueError("--sample-batches, --sample-steps and --encoder-batch must be >= 1")
     args.compiler_options = compiler_options(args.xla_flags)
+    if args.hlo:  # before minutes of compiling, not after
+        try:
+            pathlib.Path(args.hlo).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--hlo {args.hlo}: cannot create it ({error.strerror}); give a writable folder") from None
     config = override(load_config(args.config), args.overrides)
     target = parse_target(args.topology)
     devices = target.devices()
@@ -134,9 +139,7 @@ def _compile(lowered, name: str, hlo_dir: str | None = None, options: dict | Non
         raise DoesNotFit(f"{name}: the TPU compiler ran out of HBM ({detail[:300]})") from None
     print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
     if hlo_dir:
-        folder = pathlib.Path(hlo_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name.replace(' ', '_')}.hlo.txt"
+        path = pathlib.Path(hlo_dir) / f"{name.replace(' ', '_')}.hlo.txt"
         partial = path.with_name(path.name + ".partial")
         partial.write_text(compiled.as_text())
         partial.replace(path)  # atomic: a killed run leaves no half-written file under the final name
