@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from customnet_jax.aot.analytic import kernel_seconds
 from customnet_jax.aot.targets import GIB, Target
 
 
@@ -46,8 +47,6 @@ class Figures:
 
     def add_kernels(self, calls: list, target: Target) -> None:
         """Add Pallas kernel calls (one device's, `analytic.pallas_kernel_calls`) to the compiler's figures."""
-        from customnet_jax.aot.analytic import kernel_seconds
-
         if not calls:
             return
         self.kernel_flops_per_device = sum(c.flops for c in calls)
