@@ -90,12 +90,12 @@ def read_figures(compiled: Any, program: str, target: Target, devices: int, devi
     chips = max(devices // devices_per_chip, 1)
     cost = _cost(compiled)
     seconds = cost.get("optimal_seconds")
+    estimate = float(seconds) * flops_scale if seconds and seconds > 0 else None
     return Figures(program=program, devices=devices, chips=chips, batch=batch,
                    bytes_per_chip=per_device * min(devices_per_chip, devices),
                    hbm_per_chip=target.chip.hbm_bytes, flops_per_device=float(cost.get("flops", 0.0)) * flops_scale,
                    bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
-                   seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None, memory=memory,
-                   compiler_seconds=float(seconds) * flops_scale if seconds and seconds > 0 else None)
+                   seconds=estimate, memory=memory, compiler_seconds=estimate)
 
 
 def format_figures(f: Figures, target: Target) -> list[str]:

@@ -7,8 +7,9 @@
 of the entry computation (and of the loops and branches it calls, counted once as XLA counts them) moves its
 operands' and its result's bytes; they are grouped by what the instruction computes (the fused computation's
 main operation: convolution, dot, reduce, ... and whether jax's name stack puts it in the backward pass,
-`transpose(...)`) and by the source line of the model code that emitted it. The sum is an upper bound of
-XLA's own figure (XLA does not count operand bytes a fusion only partly reads): both are printed.
+`transpose(...)`) and by the source line of the model code that emitted it. Arrays count as stored (padded to
+TPU tiles; on-chip VMEM buffers count 0). On XLA:CPU the sum equals XLA's own figure; on TPU it is this
+module's accounting, not XLA's (docs/tpu.md): read its shares, not its total.
 """
 
 from __future__ import annotations
@@ -208,11 +209,10 @@ def summarize(text: str, package: str = "customnet_jax") -> dict:
             "largest": largest, "instructions": len(instructions)}
 
 
-def report(summary: dict, top: int = 20, xla_bytes: float | None = None) -> list[str]:
+def report(summary: dict, top: int = 20) -> list[str]:
     gb = lambda b: f"{b / 1e9:8.2f} GB"
     total = summary["total"]
-    lines = [f"{summary['instructions']} kernels; operands + results {gb(total)}"
-             + (f" (XLA's 'bytes accessed': {gb(xla_bytes)})" if xla_bytes else "")]
+    lines = [f"{summary['instructions']} kernels; operands + results {gb(total)}"]
     lines.append("by operation and pass:")
     for (op, which), b in summary["by_kind"].most_common(top):
         lines.append(f"  {gb(b)} {100 * b / total:5.1f}%  {op:20s} {which}")
