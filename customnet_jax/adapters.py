@@ -224,15 +224,6 @@ def apply_adapters(model: nnx.Module, specs: Iterable[str | tuple[str, float] | 
     return model
 
 
-def adapt_pipeline(pipeline: Any, specs: Iterable[str | tuple[str, float] | Adapter], merge: bool = True) -> Any:
-    """A sampling `Pipeline` with adapters applied to its model (merged: the compiled program is reused)."""
-    specs = list(specs)
-    if specs:
-        model = apply_adapters(nnx.merge(pipeline.graphdef, pipeline.state), specs, merge)
-        pipeline.graphdef, pipeline.state = nnx.split(model)
-    return pipeline
-
-
 def add_lora_flags(parser: Any) -> None:
     """sample.py's (and the app's) adapter flags."""
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",

@@ -137,7 +137,7 @@ def pictures(adapter: pathlib.Path, out: pathlib.Path, scenes: int = 4, steps: i
     """Held-out scenes: the object given, the truth, the base model's picture, the adapted model's."""
     from PIL import Image
 
-    from customnet_jax.adapters import adapt_pipeline
+    from customnet_jax.adapters import apply_adapters
     from customnet_jax.conditioning.images import to_float
     from customnet_jax.demo.measure import comparison_figure, relative_degrees
     from customnet_jax.sampling.pipeline import Pipeline
@@ -146,7 +146,8 @@ def pictures(adapter: pathlib.Path, out: pathlib.Path, scenes: int = 4, steps: i
     chosen = [scene(i, world) for i in range(scenes)]
     rows = [[s.object, s.target] for s in chosen]
     for specs in ([], [str(adapter)]):
-        pipeline = adapt_pipeline(Pipeline.from_folder(lora_config.DEMO_MODEL, attention="per_head"), specs)
+        pipeline = Pipeline.from_folder(lora_config.DEMO_MODEL, attention="per_head",
+                                        adapt=lambda model, specs=specs: apply_adapters(model, specs))
         for row, s in zip(rows, chosen, strict=True):
             result = pipeline(to_float(s.object), bbox=[float(v) for v in s.box], views=[relative_degrees(s)],
                               prompt=s.caption, steps=steps, progress=False)

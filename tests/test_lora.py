@@ -26,6 +26,7 @@ from customnet_jax.convert.lora_export import torch_names  # noqa: E402
 from customnet_jax.model_folder import load_model, save_model_folder  # noqa: E402
 from customnet_jax.models.build import model_with_params  # noqa: E402
 from customnet_jax.models.lora import ATTENTION, CONV_1X1, CONV_3X3, FEED_FORWARD, LoraConfig  # noqa: E402
+from customnet_jax.sampling.pipeline import Pipeline  # noqa: E402
 from customnet_jax.train import state as st  # noqa: E402
 from customnet_jax.train.adapter_export import adapter_contents  # noqa: E402
 from customnet_jax.train.loop import setup as trainer_setup  # noqa: E402
@@ -191,3 +192,24 @@ def test_convert_merges_into_a_folder_and_exports_peft(setup, tmp_path):
         path = paths[module + ".weight"]
         ours = full[path] - base[path]
         np.testing.assert_allclose(ours.T if ours.ndim == 2 else ours.transpose(3, 2, 0, 1), delta, atol=1e-6)
+
+
+def test_bf16_pipeline_takes_adapters_on_its_float32_weights(setup, tmp_path):
+    """A bf16 pipeline stores its weights in bf16; adapters are applied before that (`from_folder(adapt=...)`), on
+    the float32 weights their base hash is over: the stored kernels are the float32 merge rounded once to bf16.
+    Negative control: the same adapter on the bf16-stored weights of a plain bf16 pipeline is refused (another
+    base hash): the reason adapters go in before the cast."""
+    config, params, base, _ = setup
+    _, file = trained_adapter(config, params, tmp_path)
+    save_model_folder(tmp_path / "base", traverse_util.unflatten_dict(base), config.model)
+    pipeline = Pipeline.from_folder(tmp_path / "base", dtype=jnp.bfloat16,
+                                    adapt=lambda model: adapters.apply_adapters(model, [f"{file}:0.5"]))
+    stored = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(nnx.merge(pipeline.graphdef, pipeline.state),
+                                                                   nnx.Param)))
+    expected = adapters.merged_params(base, adapters.read_specs([f"{file}:0.5"]))
+    changed = [p for p in expected if p[-1] == "kernel" and not np.array_equal(expected[p], base[p])]
+    assert changed and all(stored[p].dtype == jnp.bfloat16 for p in changed)
+    assert all(np.array_equal(np.asarray(stored[p]), np.asarray(expected[p]).astype(jnp.bfloat16)) for p in changed)
+    plain = Pipeline.from_folder(tmp_path / "base", dtype=jnp.bfloat16)
+    with pytest.raises(adapters.AdapterError, match="another base model"):
+        adapters.apply_adapters(nnx.merge(plain.graphdef, plain.state), [str(file)])

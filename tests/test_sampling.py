@@ -17,7 +17,7 @@ from customnet_jax.models.build import initialized_model
 from customnet_jax.models.customnet import CustomNet
 from customnet_jax.models.params import get_params, set_params
 from customnet_jax.models.presets import tiny_model
-from customnet_jax.sampling.pipeline import Pipeline
+from customnet_jax.sampling.pipeline import Pipeline, cast_weights
 from tests.helpers import rel_l2
 from tests.test_unet import TINY, diffusers_unet, our_unet, random_ldm_state
 
@@ -246,3 +246,55 @@ def test_guided_step_is_one_program(pipeline, object_picture):
     after = jax.tree.leaves(pipeline.state)
     assert params and all(isinstance(x, jax.Array) for x in after)
     assert len(after) == len(params) and all(a is b for a, b in zip(after, params, strict=True))
+
+
+
+def _with_compute_dtype(model: CustomNet, dtype) -> CustomNet:
+    """The same weights (float32) in a model computing in `dtype`."""
+    other = initialized_model(lambda: CustomNet(model.config, rngs=nnx.Rngs(0), dtype=dtype), seed=0)
+    set_params(other, get_params(model))
+    return other
+
+
+def _state_bytes(state) -> int:
+    return sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+
+
+@pytest.mark.slow
+def test_bf16_weights_read_half_the_bytes_and_match_bf16_compute(pipeline, object_picture):
+    """sample.py --bf16 stores the weights in bf16 (Pipeline.from_folder): the layers round them to bf16 at each
+    call anyway, so the outputs match bf16 compute on float32 weights, for half the bytes a step reads. Checked on
+    what a sampling step computes from the weights: the object token (CLIP + cc_projection) and one UNet call.
+    Tolerance: bf16 weights may be at most 1.5x as far from float32 as bf16 compute alone (+1e-3); the negative
+    control (weights through float8 e4m3 before bf16) is refused by it."""
+    model = _with_compute_dtype(nnx.merge(pipeline.graphdef, pipeline.state), jnp.bfloat16)
+    compute_only = Pipeline(model)
+    stored = Pipeline(model, weights_dtype=jnp.bfloat16)
+    dtypes = {(leaf.ndim >= 2, leaf.dtype) for leaf in jax.tree.leaves(stored.state)
+              if jnp.issubdtype(leaf.dtype, jnp.floating)}
+    assert dtypes == {(True, jnp.dtype(jnp.bfloat16)), (False, jnp.dtype(jnp.float32))}, dtypes  # vectors stay
+    assert _state_bytes(stored.state) < 0.51 * _state_bytes(compute_only.state)
+    lossy = cast_weights(cast_weights(compute_only.state, jnp.float8_e4m3fn), jnp.bfloat16)
+
+    c, rng = pipeline.config, np.random.default_rng(4)
+    obj = jnp.asarray(pipeline.prepare_object(object_picture)[None])
+    view = jnp.asarray([[0.3, 0.5, 0.8, 0.1]], jnp.float32)
+    x = jnp.asarray(rng.standard_normal((1, c.latent_size, c.latent_size, c.latent_channels)), jnp.float32)
+    conditions = jnp.asarray(rng.standard_normal((1, c.latent_size, c.latent_size,
+                                                  c.unet.in_channels - c.latent_channels)), jnp.float32)
+    text = jnp.asarray(rng.standard_normal((1, c.text_encoder.max_length, c.context_dim)), jnp.float32)
+
+    def outputs(p: Pipeline, state) -> np.ndarray:
+        def run(state):
+            m = nnx.merge(p.graphdef, state)
+            token = m.object_token(obj, view)
+            eps = m.denoise(x, jnp.asarray([500]), conditions, m.context(token, text))
+            return jnp.concatenate([token.ravel(), eps.ravel()]).astype(jnp.float32)
+        return np.asarray(jax.jit(run)(state))
+
+    reference = outputs(pipeline, pipeline.state)
+    error = {name: rel_l2(outputs(p, state), reference) for name, p, state in
+             [("compute", compute_only, compute_only.state), ("stored", stored, stored.state),
+              ("lossy", stored, lossy)]}
+    assert 0 < error["compute"] and error["stored"] <= 1.5 * error["compute"] + 1e-3, error
+    assert error["lossy"] > 1.5 * error["compute"] + 1e-3, error  # negative control

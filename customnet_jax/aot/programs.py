@@ -84,10 +84,11 @@ def one_chip(device: Any) -> Mesh:
 
 
 def _abstract_pipeline(config: Any) -> Pipeline:
-    """The Pipeline around an abstract model (train.compute_dtype and train.attention of the config)."""
+    """The Pipeline around an abstract model (train.compute_dtype, for compute and weights as sample.py runs it,
+    and train.attention of the config)."""
     attention = config.train.attention or None
     model = abstract_model(st.model_builder(config.model, config.train.compute_dtype, False, attention))
-    return Pipeline(model, config.diffusion)
+    return Pipeline(model, config.diffusion, weights_dtype=jnp.dtype(config.train.compute_dtype))
 
 
 def _placed(tree: Any, mesh: Mesh) -> Any:

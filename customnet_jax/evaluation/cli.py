@@ -85,7 +85,7 @@ def build_parser(commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     r.add_argument("--num-samples", type=int, default=1)
     r.add_argument("--guidance", type=float, default=3.0)
     add_sampling_arguments(r)
-    r.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    r.add_argument("--bf16", action="store_true", help="bfloat16 compute and weights (as sample.py --bf16)")
     r.add_argument("--no-metrics", dest="metrics", action="store_false", help="only sample")
     _add_metric_args(r)
 

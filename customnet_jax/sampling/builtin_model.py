@@ -8,6 +8,7 @@ built-in example is a held-out scene of that world (customnet_jax/world/held_out
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,15 @@ DEMO_FOLDER = pathlib.Path(__file__).resolve().parents[1] / "assets" / "demo_mod
 DEMO_COMPOSITION_FOLDER = DEMO_FOLDER.with_name("demo_composition_model")
 
 
-def demo_pipeline(folder: pathlib.Path, dtype: Any, attention: str | None = None) -> tuple[Pipeline, str]:
-    """The shipped demo model of `folder` (DEMO_FOLDER or DEMO_COMPOSITION_FOLDER) and its label."""
+def demo_pipeline(folder: pathlib.Path, dtype: Any, attention: str | None = None,
+                  adapt: Callable[[Any], Any] | None = None) -> tuple[Pipeline, str]:
+    """The shipped demo model of `folder` (DEMO_FOLDER or DEMO_COMPOSITION_FOLDER) and its label (`adapt`: as
+    `Pipeline.from_folder`'s)."""
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"the built-in demo model is missing from {folder}: reinstall the package, or make it "
                                 "again with `make demo-model`")
-    return Pipeline.from_folder(folder, dtype=dtype, attention=attention), f"built-in demo model ({folder})"
+    pipeline = Pipeline.from_folder(folder, dtype=dtype, attention=attention, adapt=adapt)
+    return pipeline, f"built-in demo model ({folder})"
 
 
 def condition_object(scene: synthetic.Scene) -> np.ndarray:

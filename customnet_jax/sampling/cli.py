@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from customnet_jax import matting
-from customnet_jax.adapters import adapt_pipeline, add_lora_flags, read_specs
+from customnet_jax.adapters import add_lora_flags, apply_adapters, read_specs
 from customnet_jax.conditioning.images import to_float
 from customnet_jax.model_folder import read_folder
 from customnet_jax.models.layers import ATTENTION_IMPLEMENTATIONS
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--image-guidance", type=float, default=0.0, help="extra guidance towards the object alone")
     p.add_argument("--text-guidance", type=float, default=0.0, help="extra guidance towards the text alone")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 compute")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 compute, weights stored in bfloat16 (half the memory and the bytes a step reads)")
     p.add_argument("--attention", choices=("auto", *ATTENTION_IMPLEMENTATIONS), default="auto",
                    help="the UNet's attention implementation; auto: per_head on a CPU (the benchmark UNet's "
                         "forward 1.8x faster there at 32x32 latents, benchmarks/RESULTS.md), jax's choice elsewhere")
@@ -158,14 +159,14 @@ def _load_pipeline(args: argparse.Namespace, adapters: list) -> tuple[Pipeline, 
     attention = args.attention
     if attention == "auto":
         attention = "per_head" if jax.default_backend() == "cpu" else None
+    # LoRA adapters (customnet_jax/adapters.py), checked against the float32 weights before anything compiles
+    adapt = (lambda model: apply_adapters(model, adapters, merge=not args.lora_apart)) if adapters else None
     if args.checkpoint:
-        pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention)
+        pipeline = Pipeline.from_folder(args.checkpoint, dtype=dtype, attention=attention, adapt=adapt)
         label = args.checkpoint
     else:
         folder = DEMO_COMPOSITION_FOLDER if args.demo == "composition" else DEMO_FOLDER
-        pipeline, label = demo_pipeline(folder, dtype, attention)
-    # LoRA adapters (customnet_jax/adapters.py), checked against the model before anything compiles
-    pipeline = adapt_pipeline(pipeline, adapters, merge=not args.lora_apart)
+        pipeline, label = demo_pipeline(folder, dtype, attention, adapt)
     label += "".join(f" + LoRA {a.path}:{a.scale:g}" for a in adapters)
     return pipeline, label, attention
 

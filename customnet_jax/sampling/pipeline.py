@@ -60,22 +60,34 @@ class Pipeline:
 
     def __init__(self, model: CustomNet, diffusion: DiffusionConfig | None = None, folder: ModelFolder | None = None,
                  tokenizer_path: str | pathlib.Path | None = None, sampler: str = samplers.DEFAULT,
-                 sampler_options: Mapping[str, Any] | None = None):
+                 sampler_options: Mapping[str, Any] | None = None, weights_dtype: Any = None):
         self.config = model.config
         self.folder = folder
         self.diffusion = diffusion or DiffusionConfig()
         self.alphas_cumprod = alphas_cumprod(self.diffusion)
         self.tokenizer = None if self.config.is_zero123 else load_tokenizer(tokenizer_path)
-        self.graphdef, self.state = nnx.split(model)
+        self.weights_dtype = weights_dtype
+        self.set_model(model)
         self.sampler, self.sampler_options = sampler, dict(sampler_options or {})  # used when a call names none
         self._progress = None
         self._generate = jax.jit(self._generate_program,
                                  static_argnames=("sampler_name", "guidance_terms", "progress"))
 
     @classmethod
-    def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32, attention: str | None = None) -> Pipeline:
+    def from_folder(cls, path: str | pathlib.Path, dtype: Any = jnp.float32, attention: str | None = None,
+                    adapt: Callable[[CustomNet], CustomNet] | None = None) -> Pipeline:
+        """The model of a folder, computing in `dtype` with its weights stored in `dtype` too (bf16: half the
+        bytes each sampling step reads). `adapt` changes the loaded model while its weights are still float32
+        (LoRA adapters, whose base hash is over the float32 weights: `adapters.apply_adapters`)."""
         model, folder = load_model(path, dtype=dtype, attention=attention)
-        return cls(model, folder.diffusion, folder, folder.tokenizer_path)
+        if adapt is not None:
+            model = adapt(model)
+        return cls(model, folder.diffusion, folder, folder.tokenizer_path, weights_dtype=dtype)
+
+    def set_model(self, model: CustomNet) -> None:
+        """Sample `model`, its weights stored in `weights_dtype` when one is set."""
+        self.graphdef, state = nnx.split(model)
+        self.state = state if self.weights_dtype is None else cast_weights(state, self.weights_dtype)
 
     # ------------------------------------------------------------------------------------------ host side
 
@@ -243,6 +255,23 @@ class Pipeline:
         names = tuple(groups)
         return (jnp.concatenate([groups[n][0] for n in names]), jnp.concatenate([groups[n][1] for n in names]),
                 names)
+
+
+def cast_weights(state: Any, dtype: Any) -> Any:
+    """Every floating weight matrix and convolution kernel (ndim >= 2) in `dtype`; vectors (biases, norm scales)
+    and non-float state kept. The layers cast their weights to the compute dtype at each call anyway, so with
+    `dtype` = the compute dtype the products are the same and the program reads half the bytes (bf16 sampling is
+    bound by reading the weights at small batches; benchmarks/RESULTS.md). Works on arrays and on
+    ShapeDtypeStructs (ahead-of-time compiles)."""
+
+    def cast(leaf: Any) -> Any:
+        if np.ndim(leaf) < 2 or not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.dtype == dtype:
+            return leaf
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=leaf.sharding)
+        return leaf.astype(dtype)
+
+    return jax.tree.map(cast, state)
 
 
 def guided_model_fn(model: CustomNet, conditions: jax.Array, context: jax.Array, names: tuple[str, ...],
