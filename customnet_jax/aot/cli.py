@@ -198,8 +198,11 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
         compiled = compile_program(build.lower_encoders(config, chip, args.encoder_batch), "encoders")
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"config": args.config, "overrides": args.overrides,
-                                                       "results": results}, indent=1))
+        path = pathlib.Path(args.json)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps({"config": args.config, "topology": args.topology, "overrides": args.overrides,
+                                       "xla_flags": args.xla_flags, "results": results}, indent=1))
+        partial.replace(path)  # atomic, as the HLO files
     return exit_status(results, target.name)
 
 
