@@ -145,8 +145,7 @@ def test_compiler_options_libtpu_knows_are_accepted():
         cli.check_compiler_options({"xla_tpu_no_such_option": "true"}, device)
 
 
-@pytest.mark.parametrize("layers", [4, 6])
-def test_uncosted_calls_are_added_back_to_the_estimate(layers):
+def test_uncosted_calls_are_added_back_to_the_estimate(layers: int = 6):
     """libtpu's 'optimal_seconds' counts each ConcatBitcast custom call as -1 s (v5e programs with FSDP weight
     gathers have them). An FSDP MLP's gradient compiled for v5e:2x4: the corrected estimate lies between the
     program's roofline (its FLOPs at the bf16 peak, its bytes at the HBM bandwidth) and 10x it; the raw figure is
