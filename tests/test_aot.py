@@ -145,7 +145,7 @@ def test_compiler_options_libtpu_knows_are_accepted():
         cli.check_compiler_options({"xla_tpu_no_such_option": "true"}, device)
 
 
-def test_uncosted_calls_are_added_back_to_the_estimate(layers: int = 6):
+def test_uncosted_calls_are_added_back_to_the_estimate():
     """libtpu's 'optimal_seconds' counts each ConcatBitcast custom call as -1 s (v5e programs with FSDP weight
     gathers have them). An FSDP MLP's gradient compiled for v5e:2x4: the corrected estimate lies between the
     program's roofline (its FLOPs at the bf16 peak, its bytes at the HBM bandwidth) and 10x it; the raw figure is
@@ -162,7 +162,7 @@ def test_uncosted_calls_are_added_back_to_the_estimate(layers: int = 6):
             x = jax.nn.gelu(x @ w)
         return jnp.mean(x.astype(jnp.float32) ** 2)
 
-    compiled = jax.jit(jax.grad(loss)).lower([weight] * layers, x).compile()
+    compiled = jax.jit(jax.grad(loss)).lower([weight] * 6, x).compile()
     figures = read_figures(compiled, "mlp", target, len(devices), 1, len(devices) * 512)
     assert figures.uncosted_calls > 0 and figures.reported_seconds < 0, figures  # the case being corrected
     assert figures.reported_seconds + figures.uncosted_calls == pytest.approx(figures.seconds)
