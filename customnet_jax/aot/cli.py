@@ -139,11 +139,15 @@ def _compile(lowered, name: str, hlo_dir: str | None = None, options: dict | Non
         raise DoesNotFit(f"{name}: the TPU compiler ran out of HBM ({detail[:300]})") from None
     print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
     if hlo_dir:
-        path = pathlib.Path(hlo_dir) / f"{name.replace(' ', '_')}.hlo.txt"
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(compiled.as_text())
-        partial.replace(path)  # atomic: a killed run leaves no half-written file under the final name
+        write_atomically(pathlib.Path(hlo_dir) / f"{name.replace(' ', '_')}.hlo.txt", compiled.as_text())
     return compiled
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write beside, then swap: a killed run leaves no half-written file under the final name."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,11 +202,9 @@ def _run(args: argparse.Namespace, config, target, devices, programs, batches) -
         compiled = compile_program(build.lower_encoders(config, chip, args.encoder_batch), "encoders")
         report(read_figures(compiled, "precompute encoders", target, 1, per_chip, args.encoder_batch))
     if args.json:
-        path = pathlib.Path(args.json)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps({"config": args.config, "topology": args.topology, "overrides": args.overrides,
-                                       "xla_flags": args.xla_flags, "results": results}, indent=1))
-        partial.replace(path)  # atomic, as the HLO files
+        write_atomically(pathlib.Path(args.json), json.dumps(
+            {"config": args.config, "topology": args.topology, "overrides": args.overrides,
+             "xla_flags": args.xla_flags, "results": results}, indent=1))
     return exit_status(results, target.name)
 
 

@@ -101,14 +101,15 @@ def read_figures(compiled: Any, program: str, target: Target, devices: int, devi
     text = compiled.as_text()
     uncosted = text.count(UNCOSTED_CALL)
     reported = cost.get("optimal_seconds")
-    seconds = None if reported is None else float(reported) + uncosted
+    reported = None if reported is None else float(reported)
+    seconds = None if reported is None else reported + uncosted
     estimate = seconds * flops_scale if seconds and seconds > 0 else None
     return Figures(program=program, devices=devices, chips=chips, batch=batch,
                    bytes_per_chip=per_device * min(devices_per_chip, devices),
                    hbm_per_chip=target.chip.hbm_bytes, flops_per_device=float(cost.get("flops", 0.0)) * flops_scale,
                    bytes_accessed_per_device=float(cost.get("bytes accessed", 0.0)),
                    seconds=estimate, memory=memory, compiler_seconds=estimate,
-                   reported_seconds=None if reported is None else float(reported), uncosted_calls=uncosted,
+                   reported_seconds=reported, uncosted_calls=uncosted,
                    loops=text.count(" while("))
 
 

@@ -66,8 +66,8 @@ class Pipeline:
         self.diffusion = diffusion or DiffusionConfig()
         self.alphas_cumprod = alphas_cumprod(self.diffusion)
         self.tokenizer = None if self.config.is_zero123 else load_tokenizer(tokenizer_path)
-        self.weights_dtype = weights_dtype
-        self.set_model(model)
+        self.graphdef, state = nnx.split(model)
+        self.state = state if weights_dtype is None else cast_weights(state, weights_dtype)
         self.sampler, self.sampler_options = sampler, dict(sampler_options or {})  # used when a call names none
         self._progress = None
         self._generate = jax.jit(self._generate_program,
@@ -83,11 +83,6 @@ class Pipeline:
         if adapt is not None:
             model = adapt(model)
         return cls(model, folder.diffusion, folder, folder.tokenizer_path, weights_dtype=dtype)
-
-    def set_model(self, model: CustomNet) -> None:
-        """Sample `model`, its weights stored in `weights_dtype` when one is set."""
-        self.graphdef, state = nnx.split(model)
-        self.state = state if self.weights_dtype is None else cast_weights(state, self.weights_dtype)
 
     # ------------------------------------------------------------------------------------------ host side
 
