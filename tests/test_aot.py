@@ -170,3 +170,53 @@ def test_uncosted_calls_are_added_back_to_the_estimate():
                    figures.bytes_accessed_per_device / target.chip.hbm_bandwidth)
     assert roofline <= figures.seconds <= 10 * roofline, (figures.seconds, roofline)
     assert figures.loops == 0
+
+
+def _attention_gradient_compiles(mesh) -> str:
+    """The UNet's self-attention (640 channels, 8 heads of 80, 256 tokens) under "splash", its weights split over
+    fsdp by train/sharding.py's rule: forward and weight gradients compiled by libtpu. Returns the HLO text."""
+    from flax import nnx
+
+    from customnet_jax.models.layers import under_mesh
+    from customnet_jax.models.unet import Attention
+    from customnet_jax.train import sharding
+
+    module = Attention(640, 640, 8, text_kv=False, object_tokens=0, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    module.attention_implementation = "splash"
+    graphdef, params = nnx.split(module)
+    shardings = sharding.tree_shardings(mesh, params, 1024)
+
+    def loss(params, x):
+        with under_mesh(mesh):
+            return jnp.sum(nnx.merge(graphdef, params)(x).astype(jnp.float32) ** 2)
+
+    specs = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, shardings)
+    x = jax.ShapeDtypeStruct((8, 256, 640), jnp.bfloat16, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
+    return jax.jit(jax.grad(loss), out_shardings=shardings).lower(specs, x).compile().as_text()
+
+
+def test_folded_splash_projections_compile_under_fsdp(monkeypatch):
+    """`pallas_attention.splash_self_attention` widens the q / k / v / out weights to 128-wide heads by a product
+    with an identity. Negative control: widened by `jnp.pad`, the same gradient makes libtpu 0.0.42.1 fail with an
+    internal error (a RET_CHECK or a bitcast of mismatched sizes) where it fuses the weight gradient's slice into
+    the FSDP reduce-scatter (when a libtpu update stops failing here, the product can become a pad again)."""
+    from customnet_jax.models import pallas_attention
+
+    devices = targets.parse_target("v5p:2x2x1").devices()
+    mesh = Mesh(np.array(devices).reshape(1, 4), ("data", "fsdp"))
+    assert _attention_gradient_compiles(mesh).count('custom_call_target="tpu_custom_call"') >= 3  # fwd, dq, dkv
+
+    def padded_by_pad(x, heads, q_kernel, k_kernel, v_kernel, out_kernel, dtype):
+        channels = x.shape[-1]
+        head_dim = channels // heads
+        widths = ((0, 0), (0, 0), (0, 128 - head_dim))
+        project = lambda kernel, scale=1.0: jnp.einsum(
+            "btc,chd->bhtd", x.astype(dtype), jnp.pad((kernel * scale).reshape(channels, heads, head_dim), widths))
+        out = pallas_attention._run(project(q_kernel, head_dim**-0.5), project(k_kernel), project(v_kernel), heads,
+                                    False)
+        out_kernel = jnp.pad(out_kernel.reshape(heads, head_dim, channels), ((0, 0), (0, 128 - head_dim), (0, 0)))
+        return jnp.einsum("bhtd,hdc->btc", out, out_kernel.astype(dtype))
+
+    monkeypatch.setattr(pallas_attention, "splash_self_attention", padded_by_pad)
+    with pytest.raises(Exception, match="INTERNAL"):
+        _attention_gradient_compiles(mesh)

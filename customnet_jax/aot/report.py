@@ -92,7 +92,7 @@ def read_figures(compiled: Any, program: str, target: Target, devices: int, devi
     libtpu's compile-only v4 devices are TensorCores, 2 per chip; 1 for the others)."""
     stats = compiled.memory_analysis()
     names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
-             "generated_code_size_in_bytes")
+             "generated_code_size_in_bytes", "host_temp_size_in_bytes")  # host_temp: remat offload's buffers
     memory = {name.removesuffix("_size_in_bytes"): int(getattr(stats, name, 0) or 0) for name in names}
     per_device = (memory["argument"] + memory["output"] - memory["alias"] + memory["temp"]
                   + memory["generated_code"])
@@ -121,7 +121,8 @@ def format_figures(f: Figures, target: Target) -> list[str]:
              f"  memory per chip {gib(f.bytes_per_chip)} GiB of {gib(f.hbm_per_chip)} "
              f"({'fits' if f.fits else 'DOES NOT FIT'}); per device: arguments {gib(m['argument'])}, outputs "
              f"{gib(m['output'])} (donated {gib(m['alias'])}), temporaries {gib(m['temp'])}, code "
-             f"{gib(m['generated_code'])} GiB"]
+             f"{gib(m['generated_code'])} GiB"
+             + (f"; in host memory {gib(m['host_temp'])} GiB (offloaded)" if m.get("host_temp") else "")]
     flops = f"  FLOPs per sample {f.flops_per_sample / 1e9:.1f} G (compiled)"
     if f.analytic_flops_per_sample:
         flops += (f" vs {f.analytic_flops_per_sample / 1e9:.1f} G analytic (ratio "

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from customnet_jax.models import pallas_attention
 from customnet_jax.models.layers import GroupNorm, LayerNorm, attention, remat_policy, set_attention
 
 
@@ -112,6 +113,10 @@ class Attention(nnx.Module):
         self.attention_implementation: str | None = None  # layers.attention's; set by layers.set_attention
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None) -> jax.Array:
+        if context is None and self.attention_implementation == "splash":
+            out = self._splash_self_attention(x)
+            if out is not None:
+                return out
         q = self.to_q(x)
         run = lambda k, v: attention(q, k, v, self.heads, implementation=self.attention_implementation)
         if context is None:  # self-attention
@@ -122,6 +127,17 @@ class Attention(nnx.Module):
             text = context[:, self.object_tokens:]
             out = out + run(self.to_k_text(text), self.to_v_text(text))
         return self.to_out(out)
+
+
+    def _splash_self_attention(self, x: jax.Array) -> jax.Array | None:
+        """Self-attention by the splash kernel with the projections folded around it (`pallas_attention`), or None
+        when the kernel does not take the shape or a projection is not a plain Linear (a LoRA adapter)."""
+        projections = (self.to_q, self.to_k, self.to_v, self.to_out)
+        if any(type(p) is not nnx.Linear for p in projections):
+            return None
+        dtype = self.to_q.dtype or jnp.result_type(x, self.to_q.kernel[...])
+        out = pallas_attention.splash_self_attention(x, self.heads, *(p.kernel[...] for p in projections), dtype)
+        return None if out is None else out + self.to_out.bias[...].astype(dtype)
 
 
 class FeedForward(nnx.Module):
