@@ -220,3 +220,30 @@ def test_folded_splash_projections_compile_under_fsdp(monkeypatch):
     monkeypatch.setattr(pallas_attention, "splash_self_attention", padded_by_pad)
     with pytest.raises(Exception, match="INTERNAL"):
         _attention_gradient_compiles(mesh)
+
+
+@pytest.mark.parametrize("policy", ["offload", "dots"])
+def test_offloaded_remat_reports_its_host_memory(policy):
+    """A rematerialised MLP compiled for one v5p chip: with the "offload" policy (layers.REMAT_POLICIES) the
+    figures hold the host memory it keeps its matmul outputs in; with "dots" (kept on the chip: the negative
+    control) none."""
+    from customnet_jax.models.layers import REMAT_POLICIES
+
+    target = targets.parse_target("v5p:2x2x1")
+    device = target.devices()[0]
+    mesh = Mesh(np.array([device]).reshape(1, 1), ("data", "fsdp"))
+    weight = jax.ShapeDtypeStruct((1024, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    x = jax.ShapeDtypeStruct((4096, 1024), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    layer = jax.checkpoint(lambda x, w: jax.nn.gelu(x @ w), policy=REMAT_POLICIES[policy])
+
+    def loss(weights, x):
+        for w in weights:
+            x = layer(x, w)
+        return jnp.mean(x.astype(jnp.float32) ** 2)
+
+    compiled = jax.jit(jax.grad(loss)).lower([weight] * 4, x).compile()
+    figures = read_figures(compiled, "mlp", target, 1, 1, 4096)
+    if policy == "offload":
+        assert figures.memory["host_temp"] >= 3 * 4096 * 1024 * 2, figures.memory  # three layers' outputs, at least
+    else:
+        assert figures.memory["host_temp"] == 0, figures.memory
