@@ -2,13 +2,17 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from customnet_jax.models import pallas_attention
 from customnet_jax.models.build import abstract_model, model_with_params
+from customnet_jax.models.lora import LoRALinear
 from customnet_jax.models.params import param_shapes
-from customnet_jax.models.unet import UNet, UNetConfig
+from customnet_jax.models.unet import Attention, UNet, UNetConfig
 from customnet_jax.weights import rules as R
 from customnet_jax.weights.unet_names import unet_rules
 from tests.helpers import rel_l2
@@ -85,9 +89,6 @@ def test_parity_with_diffusers(pair):
 def test_per_head_attention_matches_diffusers_and_its_gradient(pair):
     """UNet(attention="per_head") (the CPU path: one (sample, head) at a time, rematerialised) against diffusers,
     and its parameter gradient against the default attention's."""
-    import jax
-    import jax.numpy as jnp
-
     config, state, ours, reference = pair
     per_head = our_unet(config, state, attention="per_head")
     x, timesteps, context = inputs(config)
@@ -117,21 +118,15 @@ def test_splash_attention_matches_diffusers(pair):
     assert error <= 1e-4, error  # measured 1.5e-7
 
 
-def _self_attention_pair(lora: bool = False):
+def _self_attention_pair(adapted: bool = False):
     """An attention module (64 channels, 4 heads of 16, bias on to_out) with random weights, as "splash" and "xla"."""
-    import jax
-    import jax.numpy as jnp
-
-    from customnet_jax.models import lora as L
-    from customnet_jax.models.unet import Attention
-
     module = Attention(64, 64, 4, text_kv=False, object_tokens=0, rngs=nnx.Rngs(0), dtype=jnp.float32)
     keys = iter(jax.random.split(jax.random.key(1), 8))
     for linear in (module.to_q, module.to_k, module.to_v, module.to_out):
         linear.kernel[...] = jax.random.normal(next(keys), linear.kernel.shape) * 0.2
     module.to_out.bias[...] = jax.random.normal(next(keys), (64,))
-    if lora:
-        module.to_q = L.LoRALinear(module.to_q, rank=2, scaling=1.0)
+    if adapted:
+        module.to_q = LoRALinear(module.to_q, rank=2, scaling=1.0)
         module.to_q.lora_a[...] = jax.random.normal(next(keys), (64, 2))
         module.to_q.lora_b[...] = jax.random.normal(next(keys), (2, 64)) * 0.1
     graphdef, params = nnx.split(module)
@@ -145,15 +140,12 @@ def _self_attention_pair(lora: bool = False):
     return run, params, x
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_splash_self_attention_folds_the_projections(lora):
+@pytest.mark.parametrize("adapted", [False, True])
+def test_splash_self_attention_folds_the_projections(adapted):
     """The UNet's self-attention under "splash" (projection weights laid out head-major and zero-padded to 128
     around the kernel, interpret mode on a CPU) equals jax's attention: forward, and gradients with respect to the
     weights and the input. With a LoRA adapter on to_q it takes the unfolded path (and still matches)."""
-    import jax
-    import jax.numpy as jnp
-
-    run, params, x = _self_attention_pair(lora)
+    run, params, x = _self_attention_pair(adapted)
     assert rel_l2(run("splash", params, x), run("xla", params, x)) <= 1e-5  # measured ~3e-7
     loss = lambda implementation: lambda p, x: jnp.sum(run(implementation, p, x) ** 2)
     splash = jax.grad(loss("splash"), argnums=(0, 1))(params, x)
@@ -164,8 +156,6 @@ def test_splash_self_attention_folds_the_projections(lora):
 
 def test_splash_self_attention_with_swapped_projections_fails():
     """Negative control: the same comparison with to_k and to_v exchanged in the folded path is far off."""
-    from customnet_jax.models import pallas_attention
-
     run, params, x = _self_attention_pair()
     expected = run("xla", params, x)
     kernels = [params[name]["kernel"][...] for name in ("to_q", "to_v", "to_k", "to_out")]
