@@ -128,7 +128,6 @@ class Attention(nnx.Module):
             out = out + run(self.to_k_text(text), self.to_v_text(text))
         return self.to_out(out)
 
-
     def _splash_self_attention(self, x: jax.Array) -> jax.Array | None:
         """Self-attention by the splash kernel with the projections folded around it (`pallas_attention`), or None
         when the kernel does not take the shape or a projection is not a plain Linear (a LoRA adapter)."""
