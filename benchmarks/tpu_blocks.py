@@ -32,6 +32,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import Mesh, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+from customnet_jax.aot.report import read_figures  # noqa: E402
 from customnet_jax.aot.targets import parse_target  # noqa: E402
 from customnet_jax.models import unet  # noqa: E402
 from customnet_jax.models.layers import set_attention, under_mesh  # noqa: E402
@@ -74,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     target = parse_target(args.topology)
-    devices = target.devices()[: len(target.devices()) if args.fsdp else 1]
+    devices = target.devices() if args.fsdp else target.devices()[:1]
     mesh = Mesh(np.array(devices).reshape(1, len(devices)), ("data", "fsdp"))
     batch = args.per_chip * len(devices)
     rngs, dtype, emb = nnx.Rngs(0), jnp.bfloat16, CONFIG.time_embed_dim
@@ -96,9 +97,9 @@ def main() -> None:
         module = build()
         set_attention(module, args.attention)
         start = time.time()
-        cost = compile_gradient(module, inputs, mesh, args.fsdp).cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        flops, nbytes, seconds = cost["flops"], cost["bytes accessed"], cost["optimal_seconds"]
+        figures = read_figures(compile_gradient(module, inputs, mesh, args.fsdp), name, target, len(devices), 1,
+                               batch)  # the compiler's figures per device, libtpu's uncosted calls added back
+        flops, nbytes, seconds = figures.flops_per_device, figures.bytes_accessed_per_device, figures.seconds
         totals += count * np.array([flops, nbytes, seconds])
         print(f"  {name:34s} x{count}  {flops / 1e9:7.1f} GFLOP {nbytes / 1e9:6.2f} GB {seconds * 1e3:7.3f} ms "
               f"({flops / seconds / target.chip.peak_flops:4.0%} of peak in compiled FLOPs)  "
