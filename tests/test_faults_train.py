@@ -11,6 +11,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -19,7 +20,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from train_micro_config import get_config  # noqa: E402
 
 from customnet_jax.train import synthetic  # noqa: E402
-from customnet_jax.train.nonfinite import NonFiniteGuard, NonFiniteTrainingError, guard_update  # noqa: E402
+from customnet_jax.train.nonfinite import (  # noqa: E402
+    NonFiniteGuard,
+    NonFiniteTrainingError,
+    all_finite,
+    keep_if_finite,
+    update_is_finite,
+)
 
 
 class PoisonedIterator(grain.DatasetIterator):
@@ -63,17 +70,45 @@ def _finite_tree(path: pathlib.Path) -> bool:
 
 def test_a_non_finite_step_keeps_the_previous_state():
     state = {"params": {"w": jnp.ones(3)}, "opt_state": (jnp.zeros(3),), "step": jnp.asarray(4)}
-    bad = {"params": {"w": jnp.full(3, jnp.nan)}, "opt_state": (jnp.ones(3),), "step": jnp.asarray(5)}
-    kept, finite = jax.jit(guard_update)(state, bad, jnp.asarray(1.0), jnp.asarray(2.0))
-    assert not bool(finite) and int(kept["step"]) == 5
+    new = {"params": {"w": jnp.full(3, 2.0)}, "opt_state": (jnp.ones(3),), "step": jnp.asarray(5)}
+    kept = jax.jit(keep_if_finite)(jnp.asarray(False), state, new)
+    assert int(kept["step"]) == 5
     np.testing.assert_array_equal(kept["params"]["w"], 1.0)
     np.testing.assert_array_equal(kept["opt_state"][0], 0.0)
-    good = {"params": {"w": jnp.full(3, 2.0)}, "opt_state": (jnp.ones(3),), "step": jnp.asarray(5)}
-    for loss, grad_norm in ((jnp.nan, 1.0), (1.0, jnp.inf)):
-        kept, finite = guard_update(state, good, jnp.asarray(loss), jnp.asarray(grad_norm))
-        assert not bool(finite) and float(kept["params"]["w"][0]) == 1.0
-    kept, finite = guard_update(state, good, jnp.asarray(1.0), jnp.asarray(2.0))
-    assert bool(finite) and float(kept["params"]["w"][0]) == 2.0
+    kept = keep_if_finite(jnp.asarray(True), state, new)
+    assert int(kept["step"]) == 5 and float(kept["params"]["w"][0]) == 2.0 and float(kept["opt_state"][0][0]) == 1.0
+
+
+@pytest.mark.parametrize("name", ["sgd_at_1e38", "adamw"])
+def test_the_update_is_judged_by_the_parameters_it_gives(name):
+    """`update_is_finite` (the update traced again behind a barrier, nothing stored) agrees with a check of the
+    parameters the step's own update writes: a non-finite loss or gradient norm, a NaN or inf gradient, and
+    finite gradients whose update overflows a parameter (sgd at lr 1e38 from 3e38: a check of the gradients
+    alone would let that step through; adamw's step is bounded by its learning rate and stays finite)."""
+    tx = optax.sgd(1e38) if name == "sgd_at_1e38" else optax.adamw(1e-3)
+    params = {"w": jnp.asarray([1.0, -2.0, 3e38]), "b": jnp.zeros(2)}
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def judged_and_written(grads, loss):
+        grad_norm = optax.tree.norm(grads)
+        finite = update_is_finite(tx, grads, opt_state, params, loss, grad_norm)
+        updates, _ = tx.update(grads, opt_state, params)
+        written = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(optax.apply_updates(params, updates))
+        return finite, written, grad_norm
+
+    small = {"w": jnp.asarray([0.0, 0.0, 0.0]), "b": jnp.asarray([1e-38, -1e-38])}
+    overflow = {"w": jnp.asarray([0.0, 0.0, -10.0]), "b": jnp.zeros(2)}
+    huge = {"w": jnp.asarray([3e30, 0.0, 0.0]), "b": jnp.zeros(2)}  # finite, but its squares overflow the norm
+    cases = [("finite", small, 1.0, True), ("loss", small, jnp.nan, False), ("grad_norm", huge, 1.0, False),
+             ("nan_gradient", dict(small, b=jnp.asarray([jnp.nan, 0.0])), 1.0, False),
+             ("inf_gradient", dict(small, w=small["w"].at[0].set(jnp.inf)), 1.0, False),
+             ("overflow", overflow, 1.0, name == "adamw")]
+    for case, grads, loss, expected in cases:
+        finite, written, grad_norm = judged_and_written(grads, jnp.asarray(loss))
+        assert bool(finite) == bool(written) == expected, case
+        np.testing.assert_allclose(grad_norm, optax.tree.norm(grads), rtol=1e-6)
+    assert bool(all_finite(overflow))  # the gradients of the overflowing step are finite
 
 
 def test_the_guard_stops_after_the_patience_and_names_the_step():

@@ -53,9 +53,9 @@ def _lower(jitted: Any, *args: Any) -> tuple[Any, list[analytic.KernelCall]]:
     return traced.lower(), analytic.pallas_kernel_calls(traced.jaxpr.jaxpr)
 
 
-def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict, list[analytic.KernelCall]]:
-    """The real train step lowered for `mesh`'s devices; returns (lowered, host batch, Pallas kernel calls, one
-    device's)."""
+def abstract_train_state(config: Any) -> tuple[nnx.GraphDef, Any, dict, dict]:
+    """(graphdef, optimizer, train state, frozen) of `config` as ShapeDtypeStructs, as `train.loop.setup` builds
+    them."""
     graphdef, shapes = st.graphdef_and_shapes(config)
     flat = {path: jax.ShapeDtypeStruct(shape, jnp.float32) for path, shape in shapes.items()}
     trainable, frozen_params = st.split_params(flat)
@@ -66,6 +66,13 @@ def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict, lis
     tx = make_optimizer(config.train, trainable)
     state = jax.eval_shape(lambda p: st.new_state(p, tx, config.train.seed, ema=config.train.ema_decay > 0),
                            trainable)
+    return graphdef, tx, state, frozen
+
+
+def lower_train_step(config: Any, mesh: Mesh, form: str) -> tuple[Any, dict, list[analytic.KernelCall]]:
+    """The real train step lowered for `mesh`'s devices; returns (lowered, host batch, Pallas kernel calls, one
+    device's)."""
+    graphdef, tx, state, frozen = abstract_train_state(config)
     min_size = config.mesh.fsdp_min_size
     state_shardings = shd.tree_shardings(mesh, state, min_size)
     frozen_shardings = shd.tree_shardings(mesh, frozen, min_size)

@@ -1,10 +1,10 @@
 """Non-finite training steps: found inside the step, acted on by the loop when it reads the metrics anyway.
 
-Inside the compiled step (`guard_update`): a step whose loss, gradient norm or updated parameters are not
-finite keeps the previous parameters, optimizer state and EMA (the update is skipped; the step counter and
-the data move on) and reports `finite = False` in its metrics. Nothing is read back to the host for this: the
-loop looks at the flags when it logs, before a checkpoint and at the end (`NonFiniteGuard`), where it reads
-the metrics already. The policy is `train.nonfinite_policy`:
+Inside the compiled step (`update_is_finite`, then `keep_if_finite`): a step whose loss, gradient norm or updated
+parameters are not finite keeps the previous parameters, optimizer state and EMA (the update is skipped; the step
+counter and the data move on) and reports `finite = False` in its metrics. Nothing is read back to the host for
+this: the loop looks at the flags when it logs, before a checkpoint and at the end (`NonFiniteGuard`), where it
+reads the metrics already. The policy is `train.nonfinite_policy`:
   "stop"  (default) stop with `NonFiniteTrainingError` once `train.nonfinite_patience` steps in a row were not
           finite: the message names the first bad step and the likely cause; no checkpoint is written during
           a bad streak and no model is exported, so the last good checkpoint stays the latest;
@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 POLICIES = ("stop", "skip")
 
@@ -35,13 +36,25 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
-def guard_update(state: dict, new_state: dict, loss: jax.Array, grad_norm: jax.Array) -> tuple[dict, jax.Array]:
-    """`new_state` if the step is finite, else `state` with only its step counter advanced (inside the jit)."""
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_state["params"])
-    kept = {key: value if key == "step" else jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                                             value, state[key])
+def update_is_finite(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, loss: jax.Array,
+                     grad_norm: jax.Array) -> jax.Array:
+    """One boolean: the loss, the gradient norm and the parameters that `tx`'s update gives are all finite.
+
+    Decided before the step's own update, which then writes the kept state in the same pass (`keep_if_finite`
+    fuses into it): the update is traced again here on its inputs behind an optimization barrier, so that XLA
+    cannot merge it with the step's update and fuses it into the finiteness reduction (its inputs read once,
+    nothing written), instead of storing the new parameters, reading them back and selecting between two whole
+    states (docs/tpu.md)."""
+    grads, opt_state, params = jax.lax.optimization_barrier((grads, opt_state, params))
+    updates, _ = tx.update(grads, opt_state, params)
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(optax.apply_updates(params, updates))
+
+
+def keep_if_finite(finite: jax.Array, state: dict, new_state: dict) -> dict:
+    """`new_state` if `finite`, else `state` with only its step counter advanced (inside the jit)."""
+    return {key: value if key == "step" else jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                                          value, state[key])
             for key, value in new_state.items()}
-    return kept, finite
 
 
 def check_policy(policy: str, patience: int) -> None:

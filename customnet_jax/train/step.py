@@ -35,7 +35,7 @@ from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training
 from customnet_jax.experiment import Config
 from customnet_jax.models import layers
 from customnet_jax.train import sharding as shd
-from customnet_jax.train.nonfinite import guard_update
+from customnet_jax.train.nonfinite import keep_if_finite, update_is_finite
 from customnet_jax.train.optimizer import ema_update
 
 
@@ -86,6 +86,22 @@ def microbatches(tree: dict, steps: int, mesh: Mesh | None) -> dict:
     return jax.tree.map(cut, tree)
 
 
+def apply_gradients(tx: optax.GradientTransformation, state: dict, grads: Any, loss: jax.Array,
+                    ema_decay: float = 0.0) -> tuple[dict, dict]:
+    """The step's update: `tx` (AdamW) on the gradients, the EMA, and the non-finite guard (a step whose loss,
+    gradient norm or new parameters are not finite keeps the previous state; its step counter moves on)."""
+    params = state["params"]
+    grad_norm = optax.tree.norm(grads)
+    finite = update_is_finite(tx, grads, state["opt_state"], params, loss, grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
+    if "ema" in state:
+        new_state["ema"] = ema_update(state["ema"], new_params, ema_decay)
+    new_state = keep_if_finite(finite, state, new_state)  # a non-finite step changes nothing
+    return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
 def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                  mesh: Mesh | None = None) -> Callable:
     """The train step (state, frozen, batch) -> (state, metrics), not yet jitted."""
@@ -126,14 +142,7 @@ def make_step_fn(config: Config, graphdef: nnx.GraphDef, tx: optax.GradientTrans
             (loss, grads), _ = jax.lax.scan(body, zeros, microbatches(batch, accum, mesh))
             loss, grads = jax.tree.map(lambda x: x / accum, (loss, grads))
 
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
-        if "ema" in state:
-            new_state["ema"] = ema_update(state["ema"], new_params, train.ema_decay)
-        new_state, finite = guard_update(state, new_state, loss, grad_norm)  # a non-finite step changes nothing
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return apply_gradients(tx, state, grads, loss, train.ema_decay)
 
     def under_mesh(state: dict, frozen: dict, batch: dict) -> tuple[dict, dict]:
         with layers.under_mesh(mesh):  # for attention kernels that run per device (models/pallas_attention.py)
