@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import jax
@@ -16,18 +17,35 @@ from customnet_jax.models import pallas_attention
 class GroupNorm(nnx.Module):
     """GroupNorm over the channel (last) axis, computed in float32 as LDM's `GroupNorm32`.
 
-    x: (B, ..., C) -> same shape and dtype.
+    x: (B, ..., C) -> same shape and dtype. flax's `nnx.GroupNorm` holds the parameters (`norm.scale`, `norm.bias`);
+    the statistics are taken per channel first, with the channels on the TPU's 128-wide lanes, and only then summed
+    into groups: flax's (B, ..., groups, C / groups) form puts C / groups (10 to 40 in the UNet) on the lanes,
+    padded to 128, which made GroupNorm's reductions a tenth of the full-size train step by the TPU compiler
+    (docs/tpu.md). Same two-pass statistics as flax's (mean, then the mean of squared deviations).
     """
 
     def __init__(self, channels: int, *, groups: int, epsilon: float, rngs: nnx.Rngs):
         if channels % groups:
             raise ValueError(f"GroupNorm: {channels} channels do not divide into {groups} groups; "
                              "choose widths that are multiples of the group count")
+        self.groups, self.epsilon = groups, epsilon
         self.norm = nnx.GroupNorm(channels, num_groups=groups, epsilon=epsilon, use_fast_variance=False,
                                   dtype=jnp.float32, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.norm(x.astype(jnp.float32)).astype(x.dtype)
+        x32 = x.astype(jnp.float32)
+        batch, channels = x.shape[0], x.shape[-1]
+        spatial = tuple(range(1, x.ndim - 1))
+        count = math.prod(x.shape[1:-1]) * (channels // self.groups)
+
+        def per_group(channel_sums: jax.Array) -> jax.Array:  # (B, C) -> (B, 1, ..., C): the group's value
+            sums = channel_sums.reshape(batch, self.groups, channels // self.groups).sum(-1) / count
+            return jnp.repeat(sums, channels // self.groups, axis=-1).reshape(batch, *(1,) * len(spatial), channels)
+
+        centered = x32 - per_group(jnp.sum(x32, axis=spatial))
+        variance = per_group(jnp.sum(jnp.square(centered), axis=spatial))
+        scale = jax.lax.rsqrt(variance + self.epsilon) * self.norm.scale[...]
+        return (centered * scale + self.norm.bias[...]).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
