@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from customnet_jax.aot import traffic
+from customnet_jax.aot.targets import parse_target
 
 
 def _loss(w, x):
@@ -111,3 +112,26 @@ def test_splash_kernel_work_from_the_jaxpr():
         assert all(c.flops == products * per_product and c.bytes > 0 for c in of_kind)
     assert len({len([c for c in found if f"_{kind}" in c.name]) for kind in kinds}) == 1  # one of each per layer
     assert analytic.kernel_seconds(found, 1e12, 1e15) == pytest.approx(sum(c.flops for c in found) / 1e12)
+
+
+def test_the_tpu_compilers_kernel_estimates_are_read(compiled):
+    """A libtpu-compiled program carries each kernel's estimated cycles: a (256 x 2048) x (2048 x 2048) matmul
+    dominates the estimate beside an elementwise op on its result, and a larger matmul takes longer. Negative
+    control: the XLA:CPU program (the fixture) has none and the report says so."""
+    device = parse_target("v5p-8").devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+
+    def estimate(rows: int) -> dict:
+        x = jax.ShapeDtypeStruct((rows, 2048), jnp.bfloat16, sharding=sharding)
+        w = jax.ShapeDtypeStruct((2048, 2048), jnp.bfloat16, sharding=sharding)
+        program = jax.jit(lambda x, w: jnp.tanh(x @ w) * 2).lower(x, w).compile()
+        return traffic.summarize(program.as_text(), package="tests")
+
+    small, large = estimate(256), estimate(4096)
+    assert small["cycles"] > 0 and large["cycles"] > 4 * small["cycles"]
+    assert large["slowest"][0].cycles > large["cycles"] / 2
+    assert large["cycles_by_kind"][("convolution", "forward")] > large["cycles"] / 2
+    report = "\n".join(traffic.report(large))
+    assert "the compiler's per-kernel estimates" in report
+    cpu = traffic.summarize(compiled.as_text(), package="tests")
+    assert cpu["cycles"] == 0 and "no per-kernel estimates" in "\n".join(traffic.report(cpu))
