@@ -13,7 +13,7 @@ module's accounting, not XLA's (docs/tpu.md): read its shares, not its total.
 
 A TPU program also carries the compiler's own time estimate of each kernel (`"estimated_cycles"` in its backend
 config); the same tables give their split. On the full-size v5p train step their sum at v5p's 1.75 GHz is within
-1 % of the program's `optimal_seconds` (docs/tpu.md), so it says where the compiler's estimate goes.
+2 % of the program's `optimal_seconds` (docs/tpu.md), so it says where the compiler's estimate goes.
 """
 
 from __future__ import annotations

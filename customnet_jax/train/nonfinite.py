@@ -1,6 +1,6 @@
 """Non-finite training steps: found inside the step, acted on by the loop when it reads the metrics anyway.
 
-Inside the compiled step (`update_is_finite`, then `keep_if_finite`): a step whose loss, gradient norm or updated
+Inside the compiled step (`norm_and_finite`, then `keep_if_finite`): a step whose loss, gradient norm or updated
 parameters are not finite keeps the previous parameters, optimizer state and EMA (the update is skipped; the step
 counter and the data move on) and reports `finite = False` in its metrics. Nothing is read back to the host for
 this: the loop looks at the flags when it logs, before a checkpoint and at the end (`NonFiniteGuard`), where it
@@ -30,24 +30,30 @@ class NonFiniteTrainingError(RuntimeError):
     """Training stopped: too many consecutive steps with a non-finite loss, gradient or update."""
 
 
-def all_finite(tree: Any) -> jax.Array:
-    """One boolean: every floating-point value of `tree` is finite."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
-
-
-def update_is_finite(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, loss: jax.Array,
-                     grad_norm: jax.Array) -> jax.Array:
-    """One boolean: the loss, the gradient norm and the parameters that `tx`'s update gives are all finite.
+def norm_and_finite(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any,
+                    loss: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(the gradients' global norm, one boolean: the loss, that norm and the parameters `tx`'s update gives are
+    all finite).
 
     Decided before the step's own update, which then writes the kept state in the same pass (`keep_if_finite`
-    fuses into it): the update is traced again here on its inputs behind an optimization barrier, so that XLA
-    cannot merge it with the step's update and fuses it into the finiteness reduction (its inputs read once,
-    nothing written), instead of storing the new parameters, reading them back and selecting between two whole
-    states (docs/tpu.md)."""
+    fuses into it). The update is traced again here on its inputs behind an optimization barrier, so that XLA
+    cannot merge it with the step's update, and each leaf is read once by one variadic reduction: the sum of
+    the squared gradient and the sum of zero times the new parameter (0 where every value is finite, NaN
+    otherwise). Nothing is written: no new parameters stored, read back and selected between two whole states.
+    The TPU compiler's figures for the full-size update: docs/tpu.md."""
     grads, opt_state, params = jax.lax.optimization_barrier((grads, opt_state, params))
     updates, _ = tx.update(grads, opt_state, params)
-    return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(optax.apply_updates(params, updates))
+    new_params = optax.apply_updates(params, updates)
+
+    def leaf(g, p):
+        zero = jnp.zeros((), jnp.float32)
+        return jax.lax.reduce((jnp.square(g.astype(jnp.float32)), p.astype(jnp.float32) * 0), (zero, zero),
+                              lambda a, b: (a[0] + b[0], a[1] + b[1]), tuple(range(g.ndim)))
+
+    sums = [leaf(g, p) for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(new_params), strict=True)]
+    grad_norm = jnp.sqrt(sum(s[0] for s in sums))
+    zero = sum(s[1] for s in sums)
+    return grad_norm, jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (zero == 0)
 
 
 def keep_if_finite(finite: jax.Array, state: dict, new_state: dict) -> dict:

@@ -35,7 +35,7 @@ from customnet_jax.diffusion.schedule import add_noise, alphas_cumprod, training
 from customnet_jax.experiment import Config
 from customnet_jax.models import layers
 from customnet_jax.train import sharding as shd
-from customnet_jax.train.nonfinite import keep_if_finite, update_is_finite
+from customnet_jax.train.nonfinite import keep_if_finite, norm_and_finite
 from customnet_jax.train.optimizer import ema_update
 
 
@@ -91,8 +91,7 @@ def apply_gradients(tx: optax.GradientTransformation, state: dict, grads: Any, l
     """The step's update: `tx` (AdamW) on the gradients, the EMA, and the non-finite guard (a step whose loss,
     gradient norm or new parameters are not finite keeps the previous state; its step counter moves on)."""
     params = state["params"]
-    grad_norm = optax.tree.norm(grads)
-    finite = update_is_finite(tx, grads, state["opt_state"], params, loss, grad_norm)
+    grad_norm, finite = norm_and_finite(tx, grads, state["opt_state"], params, loss)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = dict(state, params=new_params, opt_state=opt_state, step=state["step"] + 1)
