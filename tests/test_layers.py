@@ -24,7 +24,7 @@ def test_group_norm_matches_torch(shape):
     rng = np.random.default_rng(0)
     norm = GroupNorm(64, groups=32, epsilon=1e-5, rngs=nnx.Rngs(0))
     scale, bias = rng.normal(size=64).astype(np.float32), rng.normal(size=64).astype(np.float32)
-    norm.norm.scale.value, norm.norm.bias.value = jnp.asarray(scale), jnp.asarray(bias)
+    norm.norm.scale[...], norm.norm.bias[...] = jnp.asarray(scale), jnp.asarray(bias)
     x = (100.0 + rng.normal(size=shape) * rng.uniform(0.5, 3.0, size=64)).astype(np.float32)
     reference = torch_group_norm(x, 32, scale, bias, 1e-5)
     ours = np.asarray(norm(jnp.asarray(x)))
