@@ -78,7 +78,7 @@ def trained_adapter(config, params, tmp_path, scale_b=0.3):
     return trained, adapters.save_adapter(tmp_path / "a.safetensors", tensors, meta)
 
 
-def test_step_zero_is_the_base_model_exactly(setup):
+def test_step_zero_is_the_base_model(setup):
     config, params, base, inputs = setup
     assert all(not v.any() for p, v in params.items() if p[-1] == "lora_b")  # B starts at zero (init rules)
     assert all(v.std() > 0 for p, v in params.items() if p[-1] == "lora_a")
@@ -87,7 +87,13 @@ def test_step_zero_is_the_base_model_exactly(setup):
                                         "proj_in", "proj_out", "skip", "conv1", "conv2", "conv"}
     adapted, plain = denoise(config, params, LORA)(inputs), denoise(config, base)(inputs)
     assert np.abs(plain).mean() > 1e-2  # a base that computes something
-    np.testing.assert_array_equal(adapted, plain)
+    # the same arithmetic (each adapter adds exactly 0) in two programs that XLA fuses differently: GroupNorm's
+    # per-channel sums may be taken in another order, so equal to float32 rounding (measured 6e-7), not bit for bit
+    assert rel_l2(adapted, plain) <= 2e-6
+    # negative control: one adapter's B (the first self-attention's to_k) at 1e-2 instead of 0: measured 1.3e-3
+    key = next(p for p in params if p[-1] == "lora_b")
+    nudged = {**params, key: np.full_like(params[key], 1e-2)}
+    assert rel_l2(denoise(config, nudged, LORA)(inputs), plain) > 1e-4
 
 
 def test_merged_equals_kept_apart_and_training_form(setup, tmp_path):
