@@ -12,8 +12,8 @@ FLOPs, bytes accessed and estimated time printed with the model-FLOPs share of t
 line sums the blocks. The step's update (`train.step.apply_gradients`: AdamW, the non-finite guard, on the
 full-size trainable state split over the chips by the train rules) is compiled the same way, once per step. What
 the sum leaves out (convolutions in and out, resamplers, the FSDP collectives) is the rest of the step's estimate
-(benchmarks/RESULTS.md, TPU section). Pallas kernels
-(splash) declare no cost: their time is not in these figures (`--attention xla` for a like-for-like sum).
+(benchmarks/RESULTS.md, TPU section). Pallas kernels (splash) declare no cost: their time is not in these figures
+(`--attention xla` for a like-for-like sum).
 """
 
 from __future__ import annotations
@@ -65,10 +65,9 @@ def compile_gradient(module: nnx.Module, inputs: list[tuple[int, ...]], mesh: Me
         with under_mesh(mesh):
             return jnp.sum(nnx.merge(graphdef, params)(*xs).astype(jnp.float32) ** 2)
 
-    specs = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s), params, param_shardings)
     xs = [jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=data) for shape in inputs]
     step = jax.jit(jax.grad(loss, argnums=(0, 1)), out_shardings=(param_shardings, data))
-    return step.lower(specs, *xs).compile()
+    return step.lower(with_shardings(params, param_shardings), *xs).compile()
 
 
 def compile_update(mesh: Mesh):

@@ -219,34 +219,31 @@ def summarize(text: str, package: str = "customnet_jax") -> dict:
             "slowest": sorted(instructions, key=lambda i: -i.cycles), "instructions": len(instructions)}
 
 
+def _tables(summary: dict, top: int, total: float, fmt, prefix: str, kernels: str, value) -> list[str]:
+    """The by-kind, by-source and top-kernel tables of one measure (`prefix` "" for bytes, "cycles_" for cycles)."""
+    lines = []
+    for title, table in (("by operation and pass:", prefix + "by_kind"), ("by source line:", prefix + "by_source")):
+        lines.append(title)
+        for key, amount in summary[table].most_common(top):
+            label = f"{key[0]:20s} {key[1]}" if isinstance(key, tuple) else key
+            lines.append(f"  {fmt(amount)} {100 * amount / total:5.1f}%  {label}")
+    lines.append(f"{kernels} kernels:")
+    for i in summary[kernels][:top]:
+        lines.append(f"  {fmt(value(i))}  {i.opcode:12s} {i.name:28s} {i.source:24s} {i.op_name[-90:]}")
+    return lines
+
+
 def report(summary: dict, top: int = 20) -> list[str]:
     gb = lambda b: f"{b / 1e9:8.2f} GB"
-    total = summary["total"]
+    total, cycles = summary["total"], summary["cycles"]
     lines = [f"{summary['instructions']} kernels; operands + results {gb(total)}"]
-    lines.append("by operation and pass:")
-    for (op, which), b in summary["by_kind"].most_common(top):
-        lines.append(f"  {gb(b)} {100 * b / total:5.1f}%  {op:20s} {which}")
-    lines.append("by source line:")
-    for source, b in summary["by_source"].most_common(top):
-        lines.append(f"  {gb(b)} {100 * b / total:5.1f}%  {source}")
-    lines.append("largest kernels:")
-    for i in summary["largest"][:top]:
-        lines.append(f"  {gb(i.bytes)}  {i.opcode:12s} {i.name:28s} {i.source:24s} {i.op_name[-90:]}")
-    cycles = summary["cycles"]
+    lines += _tables(summary, top, total, gb, "", "largest", lambda i: i.bytes)
     if not cycles:
         return lines + ["(no per-kernel estimates in this program: the TPU compiler writes them)"]
     mc = lambda c: f"{c / 1e6:8.2f} M"
     lines.append(f"the compiler's per-kernel estimates: {mc(cycles)} cycles ({cycles / 1.75e9 * 1e3:.1f} ms at v5p's "
-                 "1.75 GHz); by operation and pass:")
-    for (op, which), c in summary["cycles_by_kind"].most_common(top):
-        lines.append(f"  {mc(c)} {100 * c / cycles:5.1f}%  {op:20s} {which}")
-    lines.append("by source line:")
-    for source, c in summary["cycles_by_source"].most_common(top):
-        lines.append(f"  {mc(c)} {100 * c / cycles:5.1f}%  {source}")
-    lines.append("slowest kernels:")
-    for i in summary["slowest"][:top]:
-        lines.append(f"  {mc(i.cycles)}  {i.opcode:12s} {i.name:28s} {i.source:24s} {i.op_name[-90:]}")
-    return lines
+                 "1.75 GHz):")
+    return lines + _tables(summary, top, cycles, mc, "cycles_", "slowest", lambda i: i.cycles)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
