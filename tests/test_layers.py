@@ -1,12 +1,14 @@
-"""models/layers.GroupNorm (statistics per channel, then summed into groups) against torch's group_norm."""
+"""models/layers against torch: GroupNorm (statistics per channel, then summed into groups) and attention to a
+single key (the UNet's object token), which `layers.attention` answers without a softmax."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import nnx
 
-from customnet_jax.models.layers import GroupNorm
+from customnet_jax.models.layers import GroupNorm, attention
 
 
 def torch_group_norm(x: np.ndarray, groups: int, scale: np.ndarray, bias: np.ndarray, epsilon: float) -> np.ndarray:
@@ -36,3 +38,34 @@ def test_group_norm_matches_torch(shape):
     assert np.linalg.norm(strided - reference) / np.linalg.norm(reference) > 1e-2
     half = norm(jnp.asarray(x, jnp.bfloat16))
     assert half.dtype == jnp.bfloat16
+
+
+def torch_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, heads: int):
+    """torch's scaled_dot_product_attention on (B, T, C) arrays split into heads, and its gradients of
+    sum(out * weights) with respect to q, k, v (float64)."""
+    tensors = [torch.from_numpy(x.astype(np.float64)).requires_grad_() for x in (q, k, v)]
+    split = lambda x: x.reshape(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(*(split(x) for x in tensors))
+    out = out.transpose(1, 2).reshape(q.shape)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+    (out * weights).sum().backward()
+    return out.detach().numpy(), [x.grad.numpy() for x in tensors], weights.numpy()
+
+
+@pytest.mark.parametrize("keys", [1, 2])
+@pytest.mark.parametrize("implementation", [None, "per_head"])
+def test_attention_to_one_key_matches_torch(keys, implementation):
+    """One key: the output is v for every query and q, k get zero gradient (torch's softmax gives exactly that);
+    two keys go through the softmax. Forward and gradients against torch to 1e-5 (float32; measured ~1e-7).
+    The control: with two keys the output is far from v broadcast, so a shortcut taken there would fail."""
+    rng = np.random.default_rng(keys)
+    q, k, v = (rng.normal(size=shape).astype(np.float32) for shape in ((2, 9, 16), (2, keys, 16), (2, keys, 16)))
+    expected, expected_grads, weights = torch_attention(q, k, v, heads=4)
+    run = lambda q, k, v: attention(q, k, v, 4, implementation=implementation)
+    out = run(q, k, v)
+    grads = jax.grad(lambda *x: jnp.sum(run(*x) * weights), argnums=(0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    for grad, reference in zip(grads, expected_grads, strict=True):
+        np.testing.assert_allclose(grad, reference, atol=1e-5)
+    near_v = np.allclose(expected, np.broadcast_to(v[:, :1], expected.shape), atol=1e-3)
+    assert near_v == (keys == 1)

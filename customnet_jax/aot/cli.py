@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from customnet_jax.aot import analytic
 from customnet_jax.aot import programs as build
-from customnet_jax.aot.report import as_record, format_figures, read_figures
+from customnet_jax.aot.report import as_record, format_figures, hlo_text, read_figures
 from customnet_jax.aot.targets import parse_target
 from customnet_jax.config_files import load_config, override
 from customnet_jax.diffusion import samplers
@@ -139,7 +139,7 @@ def _compile(lowered, name: str, hlo_dir: str | None = None, options: dict | Non
         raise DoesNotFit(f"{name}: the TPU compiler ran out of HBM ({detail[:300]})") from None
     print(f"[{name}: compiled in {time.perf_counter() - started:.0f} s]", flush=True)
     if hlo_dir:
-        write_atomically(pathlib.Path(hlo_dir) / f"{name.replace(' ', '_')}.hlo.txt", compiled.as_text())
+        write_atomically(pathlib.Path(hlo_dir) / f"{name.replace(' ', '_')}.hlo.txt", hlo_text(compiled))
     return compiled
 
 

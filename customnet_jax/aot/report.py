@@ -18,6 +18,7 @@ cost:    `compiled.cost_analysis()` per device: 'flops', 'bytes accessed', 'opti
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Any
 
 from customnet_jax.aot.analytic import kernel_seconds
@@ -86,6 +87,17 @@ def _cost(compiled: Any) -> dict:
     return cost or {}
 
 
+_HLO_TEXTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def hlo_text(compiled: Any) -> str:
+    """The compiled program's optimized HLO text, printed once per program (hundreds of MB for a full-size step,
+    read here for the figures and by `--hlo` for the file)."""
+    if compiled not in _HLO_TEXTS:
+        _HLO_TEXTS[compiled] = compiled.as_text()
+    return _HLO_TEXTS[compiled]
+
+
 def read_figures(compiled: Any, program: str, target: Target, devices: int, devices_per_chip: int, batch: int,
                  flops_scale: int = 1) -> Figures:
     """Figures of one compiled program that runs on `devices` abstract devices of `target` (`devices_per_chip`:
@@ -98,7 +110,7 @@ def read_figures(compiled: Any, program: str, target: Target, devices: int, devi
                   + memory["generated_code"])
     chips = max(devices // devices_per_chip, 1)
     cost = _cost(compiled)
-    text = compiled.as_text()
+    text = hlo_text(compiled)
     uncosted = text.count(UNCOSTED_CALL)
     reported = cost.get("optimal_seconds")
     reported = None if reported is None else float(reported)

@@ -9,8 +9,8 @@ What the kernel takes, and what is done here to fit it:
   - head_dim a multiple of 128 (TPU lanes): q and k are zero-padded (q.k unchanged) and v too (the extra output
     columns are zero and cut off); the UNet's 40 / 80 / 160-wide heads become 128 / 128 / 256;
   - no softmax scale: q is multiplied by head_dim^-0.5 (of the real head_dim) first;
-  - sequences that the 128-token blocks divide (q and k alike); other shapes (cross-attention to the 1 + 77
-    context tokens, CLIP's 77 / 257 tokens, the UNet's 8 x 8 and 4 x 4 levels) return None and the caller falls
+  - sequences that the 128-token blocks divide (q and k alike); other shapes (cross-attention to the 77 text
+    tokens, CLIP's 77 / 257 tokens, the UNet's 8 x 8 and 4 x 4 levels) return None and the caller falls
     back to jax's attention, where those small products are cheap.
 
 `splash_self_attention` takes the projection weights instead of q / k / v, and folds the padding and the
