@@ -47,9 +47,9 @@ def test_group_norm_matches_torch(shape):
 
 
 def test_group_norm_gradient_matches_torch():
-    """The gradient with respect to the input, scale and bias (the statistics' shift is held constant, which the
-    exact variance does not depend on) against torch's autograd in float64, on inputs offset by 100: 1e-4
-    relative (float32; measured 3e-7, 1.5e-6, 1e-7). Control: a scale gradient off by 1 % fails the same bound."""
+    """The gradient with respect to the input, scale and bias against torch's autograd in float64, on inputs
+    offset by 100: 1e-4 relative (float32; measured 6e-7, 3e-6, 1e-7). Control: a scale gradient off by 1 % fails the
+    same bound."""
     rng = np.random.default_rng(1)
     shape = (2, 5, 4, 64)
     norm = GroupNorm(64, groups=32, epsilon=1e-5, rngs=nnx.Rngs(0))

@@ -21,9 +21,7 @@ class GroupNorm(nnx.Module):
     the statistics are taken per channel first, with the channels on the TPU's 128-wide lanes, and only then summed
     into groups: flax's (B, ..., groups, C / groups) form puts C / groups (10 to 40 in the UNet) on the lanes,
     padded to 128, which made GroupNorm's reductions a tenth of the full-size train step by the TPU compiler
-    (docs/tpu.md). Both sums are taken in one pass over x, each (sample, group) shifted by one of its own values
-    so that a mean large against the spread does not cancel (the shifted-data variance: on inputs offset by 100
-    flax's unshifted one-pass form misses the test's 2e-5 by 20-40x, tests/test_layers.py).
+    (docs/tpu.md). Same two-pass statistics as flax's (mean, then the mean of squared deviations).
     """
 
     def __init__(self, channels: int, *, groups: int, epsilon: float, rngs: nnx.Rngs):
@@ -38,21 +36,16 @@ class GroupNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         batch, channels = x.shape[0], x.shape[-1]
         spatial = tuple(range(1, x.ndim - 1))
-        width = channels // self.groups
-        count = math.prod(x.shape[1:-1]) * width
-        to_channels = lambda groups: jnp.repeat(groups, width, axis=-1).reshape(batch, *(1,) * len(spatial), channels)
-        per_group = lambda channel_sums: to_channels(channel_sums.reshape(batch, self.groups, width).sum(-1) / count)
+        count = math.prod(x.shape[1:-1]) * (channels // self.groups)
 
-        # one pass over x for both sums, shifted by one value K of each (sample, group) so that a large mean does
-        # not cancel: var = E[(x - K)^2] - E[x - K]^2 for any constant K (the shifted-data algorithm)
-        first = x32[:, *(0,) * len(spatial), :].reshape(batch, self.groups, width)[..., 0]  # (B, groups)
-        shift = jax.lax.stop_gradient(to_channels(first))
-        shifted = x32 - shift
-        shifted_mean = per_group(jnp.sum(shifted, axis=spatial))
-        variance = jnp.maximum(per_group(jnp.sum(jnp.square(shifted), axis=spatial)) - jnp.square(shifted_mean), 0.0)
-        mean = shift + shifted_mean
+        def per_group(channel_sums: jax.Array) -> jax.Array:  # (B, C) -> (B, 1, ..., C): the group's value
+            sums = channel_sums.reshape(batch, self.groups, channels // self.groups).sum(-1) / count
+            return jnp.repeat(sums, channels // self.groups, axis=-1).reshape(batch, *(1,) * len(spatial), channels)
+
+        centered = x32 - per_group(jnp.sum(x32, axis=spatial))
+        variance = per_group(jnp.sum(jnp.square(centered), axis=spatial))
         scale = jax.lax.rsqrt(variance + self.epsilon) * self.norm.scale[...]
-        return ((x32 - mean) * scale + self.norm.bias[...]).astype(x.dtype)
+        return (centered * scale + self.norm.bias[...]).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
